@@ -1,0 +1,1 @@
+"""Remediation catalogue, playbooks, guard and worker."""

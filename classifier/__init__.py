@@ -1,0 +1,1 @@
+"""Severity policy, classification and incident lifecycle."""

@@ -1,0 +1,1 @@
+"""Notification channels, routing by severity and update cadence."""

@@ -1,0 +1,110 @@
+"""The event log's protocol: append (durable when it returns), consumer groups, replay."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from schemas import Envelope
+
+
+class EventLogError(Exception):
+    """Base of the log's errors; ``retriable`` says whether trying again may succeed."""
+
+    retriable: bool = False
+
+
+class LogUnavailable(EventLogError):
+    """The log cannot take or serve events right now (disk, lock, broker down)."""
+
+    retriable = True
+
+
+class LogClosed(EventLogError):
+    """The log was closed; nothing more is appended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An event as stored: where it sits in the log, and the envelope."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Per event appended, its offset; ``None`` where its dedup key was already in the log."""
+
+    offsets: tuple[int | None, ...]
+
+    @property
+    def appended(self) -> int:
+        return sum(1 for o in self.offsets if o is not None)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for o in self.offsets if o is None)
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """A consumer in a group: fetch records, then commit once their effects are durable."""
+
+    async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
+        """The records after the group's position; waits up to ``max_wait`` s for some."""
+        ...
+
+    async def commit(self) -> None:
+        """Commit the position after the last record fetched (at-least-once)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """What every backend (embedded SQLite, Kafka) offers its callers."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(
+        self,
+        topic: str,
+        events: Sequence[Envelope],
+        *,
+        dedup_keys: Sequence[str] | None = None,
+    ) -> AppendResult:
+        """Append events keyed by their ``subject``; durable when this returns.
+
+        With ``dedup_keys`` (one per event), an event whose key is already in the topic is
+        not appended again (its offset is ``None``) and the repeat is counted instead.
+        Raises ``LogUnavailable`` when the log cannot take them; then nothing was appended.
+        """
+        ...
+
+    def subscribe(self, topics: Sequence[str], group: str) -> Subscription:
+        """A consumer of ``topics`` in consumer group ``group``, from its committed offsets."""
+        ...
+
+    def read(
+        self,
+        topics: Sequence[str] | None = None,
+        *,
+        from_offset: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[Record]:
+        """Replay: the stored records of ``topics`` (all if None) in log order."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise ``LogUnavailable`` unless the log can take an append now."""
+        ...

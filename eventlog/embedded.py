@@ -1,0 +1,375 @@
+"""The embedded event log: every topic in one SQLite database (WAL) in the data dir.
+
+Appends from concurrent callers are committed together: while one transaction is being
+written and fsynced, the next callers queue up and go into the following one (group commit).
+An append returns only after its transaction is committed, so a 200 means "on disk".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record
+from schemas import Envelope
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[str, str, str, int, str | None, bytes]  # key, id, type, time_ms, dedup_key, envelope
+PAGE = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    time_ms    INTEGER NOT NULL,
+    dedup_key  TEXT,
+    envelope   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_topic_seq ON events (topic, seq);
+CREATE INDEX IF NOT EXISTS events_time ON events (time_ms);
+CREATE UNIQUE INDEX IF NOT EXISTS events_dedup ON events (topic, dedup_key);
+CREATE TABLE IF NOT EXISTS repeats (
+    topic      TEXT NOT NULL,
+    dedup_key  TEXT NOT NULL,
+    count      INTEGER NOT NULL,
+    last_ms    INTEGER NOT NULL,
+    PRIMARY KEY (topic, dedup_key)
+);
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp        TEXT NOT NULL,
+    topic      TEXT NOT NULL,
+    next_seq   INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic)
+);
+"""
+
+
+@dataclass
+class _Pending:
+    topic: str
+    rows: list[Row]
+    future: asyncio.Future[AppendResult] = field(repr=False)
+
+
+def _to_row(event: Envelope, dedup_key: str | None) -> Row:
+    time_ms = int(event.time.timestamp() * 1000)
+    return (
+        event.subject,
+        event.id,
+        event.type,
+        time_ms,
+        dedup_key,
+        event.model_dump_json().encode(),
+    )
+
+
+def _to_record(row: tuple[int, str, str, bytes]) -> Record:
+    seq, topic, key, blob = row
+    return Record(topic, 0, seq, key, Envelope.model_validate_json(blob))
+
+
+class EmbeddedLog:
+    """SQLite-backed log; one writer thread, one reader thread, never the event loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["full", "normal"] = "full",
+        busy_timeout: float = 2.0,
+        create: bool = True,
+    ) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._create = create
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-log-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-log-reader")
+        self._wconn: sqlite3.Connection | None = None
+        self._rconn: sqlite3.Connection | None = None
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._closed = False
+
+    async def __aenter__(self) -> EmbeddedLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_ms / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        return conn
+
+    def _open_writer(self) -> None:
+        if self._create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif not self.path.exists():
+            raise LogUnavailable(f"no event log at {self.path}")
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        conn.executescript(_SCHEMA)
+        self._wconn = conn
+
+    def _open_reader(self) -> None:
+        self._rconn = self._connect()
+        self._rconn.execute("PRAGMA query_only=ON")
+
+    async def start(self) -> None:
+        try:
+            await self._in_writer(self._open_writer)
+            await self._in_reader(self._open_reader)
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"cannot open event log {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        for conn, pool in ((self._wconn, self._writer), (self._rconn, self._reader)):
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(pool, conn.close)
+            pool.shutdown(wait=True)
+        self._wakeup.set()
+
+    async def _in_writer(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
+
+    async def _in_reader(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    # -- append (group commit) -------------------------------------------------------------
+
+    async def append(
+        self,
+        topic: str,
+        events: Sequence[Envelope],
+        *,
+        dedup_keys: Sequence[str] | None = None,
+    ) -> AppendResult:
+        if self._closed:
+            raise LogClosed("event log is closed")
+        if dedup_keys is not None and len(dedup_keys) != len(events):
+            raise ValueError("dedup_keys must have one key per event")
+        keys: Sequence[str | None] = dedup_keys if dedup_keys is not None else [None] * len(events)
+        rows = [_to_row(e, k) for e, k in zip(events, keys, strict=True)]
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(topic, rows, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="sevpipe-log-flush")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._in_writer(lambda b=batch: self._write(b))  # type: ignore[misc]
+            except sqlite3.Error as exc:
+                log.warning("event log append failed (%d callers): %s", len(batch), exc)
+                error = LogUnavailable(f"event log append failed: {exc}")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                continue
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+            self._wakeup.set()
+            self._wakeup = asyncio.Event()
+
+    def _write(self, batch: list[_Pending]) -> list[AppendResult]:
+        conn = self._wconn
+        assert conn is not None, "log not started"  # noqa: S101
+        results: list[AppendResult] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for pending in batch:
+                results.append(AppendResult(tuple(self._insert(conn, pending.topic, pending.rows))))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int | None]:
+        offsets: list[int | None] = []
+        for key, event_id, type_, time_ms, dedup_key, blob in rows:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO events (topic, key, id, type, time_ms, dedup_key, envelope)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (topic, key, event_id, type_, time_ms, dedup_key, blob),
+            )
+            if cur.rowcount == 1:
+                offsets.append(cur.lastrowid)
+                continue
+            offsets.append(None)
+            conn.execute(
+                "INSERT INTO repeats (topic, dedup_key, count, last_ms) VALUES (?, ?, 1, ?)"
+                " ON CONFLICT (topic, dedup_key) DO UPDATE"
+                " SET count = count + 1, last_ms = excluded.last_ms",
+                (topic, dedup_key, time_ms),
+            )
+        return offsets
+
+    async def ping(self) -> None:
+        if self._closed or self._wconn is None:
+            raise LogUnavailable("event log is closed")
+
+        def probe() -> None:
+            assert self._wconn is not None  # noqa: S101
+            self._wconn.execute("BEGIN IMMEDIATE")
+            self._wconn.execute("ROLLBACK")
+
+        try:
+            await self._in_writer(probe)
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"event log not writable: {exc}") from exc
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _select(
+        self,
+        topics: Sequence[str] | None,
+        after_seq: int,
+        limit: int,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> list[Record]:
+        assert self._rconn is not None, "log not started"  # noqa: S101
+        sql = "SELECT seq, topic, key, envelope FROM events WHERE seq > ?"
+        args: list[object] = [after_seq]
+        if topics is not None:
+            sql += f" AND topic IN ({','.join('?' * len(topics))})"
+            args.extend(topics)
+        if since_ms is not None:
+            sql += " AND time_ms >= ?"
+            args.append(since_ms)
+        if until_ms is not None:
+            sql += " AND time_ms < ?"
+            args.append(until_ms)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [_to_record(r) for r in self._rconn.execute(sql, args)]
+
+    async def read(
+        self,
+        topics: Sequence[str] | None = None,
+        *,
+        from_offset: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[Record]:
+        after = (from_offset - 1) if from_offset is not None else 0
+        since_ms = int(since.timestamp() * 1000) if since else None
+        until_ms = int(until.timestamp() * 1000) if until else None
+        while True:
+            try:
+                page = await self._in_reader(
+                    lambda a=after: self._select(topics, a, PAGE, since_ms, until_ms)  # type: ignore[misc]
+                )
+            except sqlite3.Error as exc:
+                raise LogUnavailable(f"event log read failed: {exc}") from exc
+            for record in page:
+                yield record
+            if len(page) < PAGE:
+                return
+            after = page[-1].offset
+
+    # -- consumer groups -------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], group: str) -> EmbeddedSubscription:
+        return EmbeddedSubscription(self, tuple(topics), group)
+
+    def _committed(self, group: str, topics: Sequence[str]) -> int:
+        assert self._rconn is not None  # noqa: S101
+        marks = ",".join("?" * len(topics))
+        sql = f"SELECT MIN(next_seq), COUNT(*) FROM group_offsets WHERE grp = ? AND topic IN ({marks})"  # noqa: S608, E501 - only placeholders are interpolated
+        row = self._rconn.execute(sql, (group, *topics)).fetchone()
+        return int(row[0]) if row[1] == len(topics) else 0
+
+    def _commit(self, group: str, topics: Sequence[str], next_seq: int) -> None:
+        conn = self._wconn
+        assert conn is not None  # noqa: S101
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO group_offsets (grp, topic, next_seq) VALUES (?, ?, ?)"
+                " ON CONFLICT (grp, topic) DO UPDATE SET next_seq = excluded.next_seq",
+                [(group, t, next_seq) for t in topics],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class EmbeddedSubscription:
+    """The only member of its group (the embedded log runs in one process)."""
+
+    def __init__(self, log_: EmbeddedLog, topics: tuple[str, ...], group: str) -> None:
+        self._log = log_
+        self._topics = topics
+        self._group = group
+        self._position: int | None = None  # last seq fetched
+        self._committed: int | None = None
+
+    async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
+        lg = self._log
+        if self._position is None:
+            committed = await lg._in_reader(lambda: lg._committed(self._group, self._topics))
+            self._position = self._committed = committed - 1 if committed else 0
+        wakeup = lg._wakeup
+        after = self._position
+        records = await lg._in_reader(lambda: lg._select(self._topics, after, max_records))
+        if not records and not lg._closed:
+            # An append in this process wakes us at once; the timeout only covers writers
+            # in other processes.
+            try:
+                await asyncio.wait_for(wakeup.wait(), max_wait)
+            except TimeoutError:
+                return []
+            records = await lg._in_reader(lambda: lg._select(self._topics, after, max_records))
+        if records:
+            self._position = records[-1].offset
+        return records
+
+    async def commit(self) -> None:
+        position = self._position
+        if position is None or position == self._committed:
+            return
+        try:
+            await self._log._in_writer(
+                lambda: self._log._commit(self._group, self._topics, position + 1)
+            )
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"offset commit failed: {exc}") from exc
+        self._committed = position
+
+    async def close(self) -> None:
+        self._position = None

@@ -1,0 +1,86 @@
+"""The event envelope: CloudEvents attributes around a typed payload."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _encode(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+class _IdClock:
+    """ULIDs that sort by creation order within one process, even inside one millisecond."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._last_rand = 0
+
+    def next(self) -> str:
+        with self._lock:
+            now_ms = time.time_ns() // 1_000_000
+            if now_ms <= self._last_ms:
+                now_ms = self._last_ms
+                self._last_rand += 1
+            else:
+                self._last_ms = now_ms
+                self._last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+            return _encode(now_ms, 10) + _encode(self._last_rand, 16)
+
+
+_clock = _IdClock()
+
+
+def new_event_id() -> str:
+    """A unique event id (ULID, 26 chars) that sorts by time of creation."""
+    return _clock.next()
+
+
+def derived_event_id(parent_id: str, *decision: str) -> str:
+    """A deterministic id for an event derived from another one and what was decided.
+
+    Re-deriving the same event (after a crash, or on redelivery) gives the same id, so a
+    duplicate is recognised downstream. It keeps the parent's time prefix, so it still sorts.
+    """
+    digest = hashlib.blake2b("\x1f".join((parent_id, *decision)).encode(), digest_size=10)
+    return parent_id[:10] + _encode(int.from_bytes(digest.digest(), "big"), 16)
+
+
+class Envelope(BaseModel):
+    """An event of the log, in the CloudEvents shape (``subject`` is the partition key)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(description="unique, sortable (ULID)")
+    type: str = Field(description="e.g. alert.firing")
+    source: str = Field(description="the stage that wrote it, e.g. /sevpipe/ingest")
+    time: datetime = Field(description="when the event was made, UTC")
+    subject: str = Field(description="the key: incident group key or incident id")
+    schemaversion: str = SCHEMA_VERSION
+    data: dict[str, Any] = Field(description="the payload; its model is named by type")
+
+    @classmethod
+    def new(cls, type_: str, source: str, subject: str, data: BaseModel) -> Envelope:
+        return cls(
+            id=new_event_id(),
+            type=type_,
+            source=source,
+            time=datetime.now(UTC),
+            subject=subject,
+            data=data.model_dump(mode="json"),
+        )

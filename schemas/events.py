@@ -1,0 +1,106 @@
+"""Event payloads, one pydantic model per event type, and the topics they travel on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.alertmanager import Alert, AlertStatus, Webhook
+
+TOPIC_ALERTS: Final = "sevpipe.alerts"
+TOPIC_INCIDENTS: Final = "sevpipe.incidents"
+TOPIC_ACTIONS: Final = "sevpipe.actions"
+TOPIC_NOTIFICATIONS: Final = "sevpipe.notifications"
+TOPICS: Final = (TOPIC_ALERTS, TOPIC_INCIDENTS, TOPIC_ACTIONS, TOPIC_NOTIFICATIONS)
+
+ALERT_FIRING: Final = "alert.firing"
+ALERT_RESOLVED: Final = "alert.resolved"
+
+
+class GroupContext(BaseModel):
+    """What the webhook said about the group an alert came in."""
+
+    model_config = ConfigDict(frozen=True)
+
+    receiver: str
+    group_key: str = Field(description="the webhook's groupKey (or one made like it)")
+    external_url: str = ""
+    group_labels: dict[str, str] = Field(default_factory=dict)
+    common_labels: dict[str, str] = Field(default_factory=dict)
+    truncated_alerts: int = 0
+
+
+class AlertEventData(BaseModel):
+    """Payload of ``alert.firing`` and ``alert.resolved``: one normalised alert."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: AlertStatus
+    fingerprint: str = Field(description="sent by Alertmanager, or computed from the labels")
+    fingerprint_computed: bool = Field(
+        default=False, description="true when the body had none (Alertmanager < 0.19)"
+    )
+    alertname: str = Field(default="", description="the alertname label, for convenience")
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = Field(default=None, description="null while firing")
+    generator_url: str = ""
+    group: GroupContext
+    received_at: datetime = Field(description="when sevpipe received the webhook, UTC")
+
+    def idempotency_key(self) -> str:
+        """(groupKey, fingerprint, startsAt, status): a repeat of this key is the same change."""
+        return alert_idempotency_key(
+            self.group.group_key, self.fingerprint, self.starts_at, self.status
+        )
+
+
+def alert_idempotency_key(
+    group_key: str, fingerprint: str, starts_at: datetime | None, status: str
+) -> str:
+    starts = starts_at.isoformat() if starts_at else "-"
+    return "\x1f".join((group_key, fingerprint, starts, status))
+
+
+def normalise(webhook: Webhook, group_key: str, received_at: datetime) -> list[AlertEventData]:
+    """One payload per alert of the body, with its group context."""
+    group = GroupContext(
+        receiver=webhook.receiver,
+        group_key=group_key,
+        external_url=webhook.external_url,
+        group_labels=webhook.group_labels,
+        common_labels=webhook.common_labels,
+        truncated_alerts=webhook.truncated_alerts,
+    )
+    return [_normalise_alert(alert, group, received_at) for alert in webhook.alerts]
+
+
+def _normalise_alert(alert: Alert, group: GroupContext, received_at: datetime) -> AlertEventData:
+    fingerprint, computed = alert.effective_fingerprint()
+    return AlertEventData(
+        status=alert.status,
+        fingerprint=fingerprint,
+        fingerprint_computed=computed,
+        alertname=alert.labels.get("alertname", ""),
+        labels=alert.labels,
+        annotations=alert.annotations,
+        starts_at=alert.starts_at,
+        ends_at=alert.ends_at,
+        generator_url=alert.generator_url,
+        group=group,
+        received_at=received_at,
+    )
+
+
+EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
+    ALERT_FIRING: AlertEventData,
+    ALERT_RESOLVED: AlertEventData,
+}
+"""Every event type and its payload model; ``sevpipe schemas`` writes one JSON Schema each."""
+
+
+def event_type_for(status: AlertStatus) -> Literal["alert.firing", "alert.resolved"]:
+    return ALERT_FIRING if status == "firing" else ALERT_RESOLVED

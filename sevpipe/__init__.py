@@ -1,0 +1,1 @@
+"""Composition root: settings, CLI, wiring of stages and backends, HTTP API."""

@@ -1,0 +1,5 @@
+import sys
+
+from sevpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,149 @@
+"""The ``sevpipe`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from sevpipe.settings import Settings, SettingsError, load_settings
+
+EXIT_USAGE = 2
+
+
+def _runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run
+    return uvloop.run
+
+
+def _add_settings_args(p: argparse.ArgumentParser, *, server: bool) -> None:
+    p.add_argument("--config", type=Path, help="YAML settings file")
+    p.add_argument(
+        "--data-dir", type=Path, help="data dir (default ./.sevpipe; env SEVPIPE_DATA_DIR)"
+    )
+    if server:
+        p.add_argument("--host", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 9095)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sevpipe", description="Alertmanager webhooks onto a durable, replayable event log."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run every stage in one process (embedded default)")
+    _add_settings_args(run, server=True)
+
+    replay = sub.add_parser("replay", help="print the event log")
+    _add_settings_args(replay, server=False)
+    replay.add_argument("--topic", action="append", help="topic to print (repeatable; default all)")
+    replay.add_argument("--since", help="from this time: 2h, 30m, 7d or ISO 8601")
+    replay.add_argument("--until", help="up to this time (exclusive)")
+    replay.add_argument("--from-offset", type=int, help="from this offset (inclusive)")
+    replay.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
+
+    send = sub.add_parser("send", help="POST a webhook body (file, or - for stdin)")
+    send.add_argument("file", help="JSON webhook body")
+    send.add_argument("--url", default="http://127.0.0.1:9095/api/v1/alerts")
+    send.add_argument("--token", help="bearer token (default env SEVPIPE_AUTH_TOKEN)")
+    send.add_argument("--user", help="basic auth user:password")
+    send.add_argument("--timeout", type=float, default=10.0)
+
+    schemas = sub.add_parser("schemas", help="write the JSON Schema of every event type")
+    schemas.add_argument("--out", type=Path, required=True, help="folder to write into")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        data_dir=args.data_dir,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sevpipe.logs import setup_logging  # noqa: PLC0415 - keep `sevpipe --help` fast
+    from sevpipe.serve import run  # noqa: PLC0415
+
+    settings = _settings(args)
+    setup_logging(settings.log_level, settings.log_format)
+
+    async def main() -> int:
+        await run(settings)
+        return 0
+
+    return _runner()(main())
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from eventlog import EmbeddedLog  # noqa: PLC0415
+    from sevpipe.replay import parse_time, write_jsonl, write_table  # noqa: PLC0415
+
+    settings = _settings(args)
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+    async def main() -> int:
+        async with EmbeddedLog(settings.eventlog_path, create=False) as eventlog:
+            records = eventlog.read(
+                args.topic, from_offset=args.from_offset, since=since, until=until
+            )
+            writer = write_jsonl if args.format == "jsonl" else write_table
+            await writer(records, sys.stdout)
+        return 0
+
+    return _runner()(main())
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from sevpipe.send import send  # noqa: PLC0415
+
+    return _runner()(send(args.file, args.url, args.token, args.user, args.timeout))
+
+
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from sevpipe.schemafiles import write_schemas  # noqa: PLC0415
+
+    for path in write_schemas(args.out):
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "replay": _cmd_replay,
+    "send": _cmd_send,
+    "schemas": _cmd_schemas,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from eventlog import EventLogError  # noqa: PLC0415
+
+    try:
+        return COMMANDS[args.command](args)
+    except SettingsError as exc:
+        sys.stderr.write(f"sevpipe: {exc}\n")
+        return EXIT_USAGE
+    except EventLogError as exc:
+        sys.stderr.write(f"sevpipe: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The process's HTTP server: the stages' routes plus health, readiness and metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from eventlog import EventLog, EventLogError
+
+log = logging.getLogger(__name__)
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+@web.middleware
+async def never_500(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A bug must not turn into a 500 that Alertmanager treats like any 5xx and we lose
+    track of: answer 503 so the sender retries, and log the traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return web.Response(
+            status=503,
+            body=orjson.dumps({"error": "internal error; retry later"}),
+            content_type="application/json",
+            headers={"Retry-After": "5"},
+        )
+    return response
+
+
+@web.middleware
+async def json_http_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 answers, in the same JSON shape as ours."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.Response(
+            status=exc.status,
+            body=orjson.dumps({"error": exc.reason}),
+            content_type="application/json",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+    return response
+
+
+def build_app(
+    routes: list[web.RouteDef], eventlog: EventLog, registry: CollectorRegistry, max_body: int
+) -> web.Application:
+    app = web.Application(
+        middlewares=[json_http_errors, never_500], client_max_size=max_body, handler_args={}
+    )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        try:
+            await eventlog.ping()
+        except EventLogError as exc:
+            return _json(503, {"status": "unavailable", "eventlog": str(exc)})
+        return _json(200, {"status": "ready", "eventlog": "writable"})
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app.add_routes(
+        [
+            *routes,
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+        ]
+    )
+    return app

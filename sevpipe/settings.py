@@ -1,0 +1,136 @@
+"""One settings object per process: flags > ``SEVPIPE_*`` env > config file > defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from ingest import Credentials, ReceiverConfig
+from sevpipe.yamlfile import ConfigFileError, YamlDocument
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; one line that names the key (and where it came from)."""
+
+
+def _read_secret(value: SecretStr | None, file: Path | None, name: str) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if file is None:
+        return None
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}_file: cannot read {file}: {exc.strerror}") from None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEVPIPE_", extra="forbid")
+
+    data_dir: Path = Field(Path(".sevpipe"), description="where the embedded log and store live")
+    host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    port: int = Field(9095, ge=0, le=65535)
+    auth_token: SecretStr | None = Field(None, description="bearer token Alertmanager sends")
+    auth_token_file: Path | None = None
+    basic_auth_username: str | None = None
+    basic_auth_password: SecretStr | None = None
+    basic_auth_password_file: Path | None = None
+    allow_unauthenticated: bool = Field(
+        False, description="listen beyond loopback without credentials (behind a trusted proxy)"
+    )
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="webhook bodies above are 413")
+    group_by: list[str] = Field(
+        default_factory=list, description="labels forming the incident key; empty = groupKey"
+    )
+    fsync: Literal["full", "normal"] = Field(
+        "full", description="full: a 200 survives power loss; normal: survives a process crash"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_timeout: float = Field(10.0, gt=0, description="seconds to drain on SIGTERM")
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    def credentials(self) -> Credentials:
+        token = _read_secret(self.auth_token, self.auth_token_file, "auth_token")
+        password = _read_secret(
+            self.basic_auth_password, self.basic_auth_password_file, "basic_auth_password"
+        )
+        if password is not None and self.basic_auth_username is None:
+            raise SettingsError("basic_auth_username: required when a basic auth password is set")
+        return Credentials(
+            bearer_token=token or None,
+            basic_username=self.basic_auth_username,
+            basic_password=password,
+        )
+
+    def receiver_config(self) -> ReceiverConfig:
+        return ReceiverConfig(
+            credentials=self.credentials(),
+            max_body_bytes=self.max_body_bytes,
+            group_by=tuple(self.group_by),
+        )
+
+    def check_exposure(self) -> None:
+        """Refuse to serve beyond loopback with no credentials, unless told to."""
+        if self.credentials().configured or self.allow_unauthenticated or is_loopback(self.host):
+            return
+        raise SettingsError(
+            f"host: refusing to listen on {self.host} without credentials; set "
+            "SEVPIPE_AUTH_TOKEN (or SEVPIPE_AUTH_TOKEN_FILE, or basic auth), bind to "
+            "127.0.0.1, or set allow_unauthenticated"
+        )
+
+    @property
+    def eventlog_path(self) -> Path:
+        return self.data_dir / "events.db"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (``overrides``, None = not given), env and an optional YAML file."""
+    try:
+        doc = YamlDocument(config_file) if config_file is not None else None
+    except ConfigFileError as exc:
+        raise SettingsError(str(exc)) from None
+    try:
+        env = EnvSettingsSource(Settings)()
+    except ValueError as exc:  # env values pydantic-settings could not decode
+        raise SettingsError(f"environment: {exc}") from None
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**{**(doc.data if doc else {}), **env, **flags})
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, doc, set(env) - set(flags))) from None
+
+
+def _describe(exc: ValidationError, doc: YamlDocument | None, env_keys: set[str]) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "settings"
+    msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+    if loc and str(loc[0]) in env_keys:
+        origin = f" (from SEVPIPE_{str(loc[0]).upper()})"
+    elif doc is not None and loc and str(loc[0]) in doc.data:
+        origin = f" ({doc.where(loc)})"
+    else:
+        origin = ""
+    more = f"; and {exc.error_count() - 1} more" if exc.error_count() > 1 else ""
+    return f"invalid setting {key}: {msg}{origin}{more}"

@@ -1,0 +1,1 @@
+"""Incident state, approvals, cooldowns; locks and rate limits."""
