@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,8 +33,6 @@ MAX_ERRORS_SHOWN = 10
 class ReceiverConfig:
     credentials: Credentials = field(default_factory=Credentials)
     max_body_bytes: int = 1024 * 1024
-    group_by: tuple[str, ...] = ()
-    """Labels that make the incident group key; empty means the webhook's own groupKey."""
 
 
 class Rejected(Exception):
@@ -140,7 +137,7 @@ class Receiver:
         events: list[Envelope] = []
         dedup: list[str] = []
         for data in payloads:
-            key = self._key_for(data.labels, data.group.group_key)
+            key = data.group.group_key
             events.append(Envelope.new(event_type_for(data.status), SOURCE, key, data))
             dedup.append(data.idempotency_key())
         started = time.perf_counter()
@@ -157,12 +154,3 @@ class Receiver:
             200,
             {"accepted": len(events), "appended": result.appended, "repeats": result.duplicates},
         )
-
-    def _key_for(self, labels: dict[str, str], group_key: str) -> str:
-        if not self.config.group_by:
-            return group_key
-        return _label_key(labels, self.config.group_by)
-
-
-def _label_key(labels: dict[str, str], names: Sequence[str]) -> str:
-    return "{" + ",".join(f'{n}="{labels.get(n, "")}"' for n in names) + "}"

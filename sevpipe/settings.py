@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from ingest import Credentials, ReceiverConfig
-from sevpipe.yamlfile import ConfigFileError, YamlDocument
+from schemas.yamlfile import ConfigFileError, YamlDocument
 
 
 class SettingsError(Exception):
@@ -43,9 +43,6 @@ class Settings(BaseSettings):
         False, description="listen beyond loopback without credentials (behind a trusted proxy)"
     )
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="webhook bodies above are 413")
-    group_by: list[str] = Field(
-        default_factory=list, description="labels forming the incident key; empty = groupKey"
-    )
     fsync: Literal["full", "normal"] = Field(
         "full", description="full: a 200 survives power loss; normal: survives a process crash"
     )
@@ -77,7 +74,6 @@ class Settings(BaseSettings):
         return ReceiverConfig(
             credentials=self.credentials(),
             max_body_bytes=self.max_body_bytes,
-            group_by=tuple(self.group_by),
         )
 
     def check_exposure(self) -> None:

@@ -1,4 +1,4 @@
-"""YAML files read with the line of every key, so errors can say where they are."""
+"""YAML documents read with the line of every key, so errors can say where they are (file:line)."""
 
 from __future__ import annotations
 
