@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     schemas = sub.add_parser("schemas", help="write the JSON Schema of every event type")
     schemas.add_argument("--out", type=Path, required=True, help="folder to write into")
+
+    policy = sub.add_parser("policy", help="the severity policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    show = policy_sub.add_parser("show", help="print the policy in force (default: the runbook's)")
+    _add_settings_args(show, server=False)
+
+    check = sub.add_parser("check-config", help="validate a settings or policy YAML file")
+    check.add_argument("file", type=Path)
+
+    rebuild = sub.add_parser("rebuild", help="re-create the store from the event log")
+    _add_settings_args(rebuild, server=False)
+
+    backtest = sub.add_parser("backtest", help="replay alert history through another policy")
+    _add_settings_args(backtest, server=False)
+    backtest.add_argument("--policy", type=Path, required=True, help="the candidate policy")
+    backtest.add_argument("--since", help="from this time: 2h, 30m, 7d or ISO 8601")
+    backtest.add_argument("--until", help="up to this time (exclusive)")
+    backtest.add_argument("--format", choices=("table", "json"), default="table")
     return parser
 
 
@@ -86,14 +105,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from eventlog import EmbeddedLog  # noqa: PLC0415
-    from sevpipe.replay import parse_time, write_jsonl, write_table  # noqa: PLC0415
+    from sevpipe.replay import write_jsonl, write_table  # noqa: PLC0415
 
     settings = _settings(args)
-    try:
-        since = parse_time(args.since) if args.since else None
-        until = parse_time(args.until) if args.until else None
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
+    since, until = _times(args)
 
     async def main() -> int:
         async with EmbeddedLog(settings.eventlog_path, create=False) as eventlog:
@@ -121,11 +136,67 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _times(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
+    from sevpipe.replay import parse_time  # noqa: PLC0415
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return since, until
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from sevpipe.classify_cli import show_policy  # noqa: PLC0415
+
+    show_policy(_settings(args), sys.stdout)
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from sevpipe.classify_cli import check_config  # noqa: PLC0415
+
+    check_config(args.file, sys.stdout)
+    return 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from sevpipe.classify_cli import rebuild  # noqa: PLC0415
+
+    settings = _settings(args)
+
+    async def main() -> int:
+        await rebuild(settings, sys.stdout)
+        return 0
+
+    return _runner()(main())
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from sevpipe.classify_cli import run_backtest  # noqa: PLC0415
+
+    settings = _settings(args)
+    since, until = _times(args)
+
+    async def main() -> int:
+        await run_backtest(
+            settings, args.policy, since=since, until=until, fmt=args.format, out=sys.stdout
+        )
+        return 0
+
+    return _runner()(main())
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "replay": _cmd_replay,
     "send": _cmd_send,
     "schemas": _cmd_schemas,
+    "policy": _cmd_policy,
+    "check-config": _cmd_check_config,
+    "rebuild": _cmd_rebuild,
+    "backtest": _cmd_backtest,
 }
 
 

@@ -7,15 +7,18 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from classifier.api import IncidentsApi
+from classifier.stage import ClassifierMetrics, ClassifierStage
 from eventlog import EmbeddedLog
-from ingest import Receiver, ReceiverMetrics
+from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
 from sevpipe.http import build_app
 from sevpipe.settings import Settings
+from store import EmbeddedStore
 
 log = logging.getLogger(__name__)
 
@@ -40,51 +43,94 @@ def curl_example(base_url: str, settings: Settings) -> str:
     )
 
 
+def authorizer(creds: Credentials) -> Callable[[web.Request], str | None]:
+    """Who is calling the API: the basic-auth user, "api" for a bearer token, or None."""
+
+    def authorize(request: web.Request) -> str | None:
+        header = request.headers.get("Authorization")
+        if not check_authorization(header, creds):
+            return None
+        if not creds.configured:
+            return "anonymous"
+        if header and header.lower().startswith("basic ") and creds.basic_username is not None:
+            return creds.basic_username
+        return "api"
+
+    return authorize
+
+
 @contextlib.asynccontextmanager
-async def open_eventlog(settings: Settings) -> AsyncIterator[EmbeddedLog]:
-    eventlog = EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync)
-    await eventlog.start()
-    try:
-        yield eventlog
-    finally:
-        await eventlog.close()
+async def open_backends(settings: Settings) -> AsyncIterator[tuple[EmbeddedLog, EmbeddedStore]]:
+    async with (
+        EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync) as eventlog,
+        EmbeddedStore(settings.store_path, synchronous=settings.fsync) as store,
+    ):
+        yield eventlog, store
 
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, then drain in-flight requests and close the log."""
+    """Serve until SIGINT/SIGTERM, then drain: HTTP first, then the stages, then backends."""
     settings.check_exposure()
+    policy = settings.policy()
+    creds = settings.credentials()
     registry = CollectorRegistry()
-    async with open_eventlog(settings) as eventlog:
+    async with open_backends(settings) as (eventlog, store):
         receiver = Receiver(settings.receiver_config(), eventlog, ReceiverMetrics(registry))
-        app = build_app(receiver.routes(), eventlog, registry, settings.max_body_bytes)
+        api = IncidentsApi(store, eventlog, authorizer(creds))
+        stage = ClassifierStage(eventlog, store, policy, ClassifierMetrics(registry))
+        app = build_app(
+            [*receiver.routes(), *api.routes()], eventlog, registry, settings.max_body_bytes
+        )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
         await runner.setup()
+        stop = asyncio.Event()
+        stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
         try:
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
             await site.start()
-            host, port = runner.addresses[0][:2]
-            shown = f"[{host}]" if ":" in host else host
-            base_url = f"http://{shown}:{port}"
-            sys.stdout.write(
-                f"sevpipe listening on {base_url} (data dir {settings.data_dir})\n"
-                f"Alertmanager webhook URL: {base_url}/api/v1/alerts\n"
-                f"Try it:\n  {curl_example(base_url, settings)}\n"
-            )
-            sys.stdout.flush()
-            await _wait_for_signal()
+            _announce(runner, settings)
+            await _wait_for_signal_or(stage_task)
             log.info("shutting down: draining in-flight requests")
         finally:
             await runner.cleanup()
+            stop.set()
+            await _finish(stage_task, settings.shutdown_timeout)
     log.info("stopped")
 
 
-async def _wait_for_signal() -> None:
+def _announce(runner: web.AppRunner, settings: Settings) -> None:
+    host, port = runner.addresses[0][:2]
+    shown = f"[{host}]" if ":" in host else host
+    base_url = f"http://{shown}:{port}"
+    sys.stdout.write(
+        f"sevpipe listening on {base_url} (data dir {settings.data_dir})\n"
+        f"Alertmanager webhook URL: {base_url}/api/v1/alerts\n"
+        f"Incidents: {base_url}/api/v1/incidents\n"
+        f"Try it:\n  {curl_example(base_url, settings)}\n"
+    )
+    sys.stdout.flush()
+
+
+async def _finish(task: asyncio.Task[None], deadline: float) -> None:
+    try:
+        await asyncio.wait_for(task, deadline)
+    except TimeoutError:
+        log.warning("classifier did not stop within %.0fs; cancelled", deadline)
+    except Exception:
+        log.exception("classifier failed")
+
+
+async def _wait_for_signal_or(task: asyncio.Task[None]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("classifier stage died; stopping", exc_info=task.exception())
     finally:
+        waiter.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from classifier.policy import Policy, default_policy, load_policy
 from ingest import Credentials, ReceiverConfig
 from schemas.yamlfile import ConfigFileError, YamlDocument
 
@@ -45,6 +46,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="webhook bodies above are 413")
     fsync: Literal["full", "normal"] = Field(
         "full", description="full: a 200 survives power loss; normal: survives a process crash"
+    )
+    policy_file: Path | None = Field(
+        None, description="severity policy YAML; default: the runbook's table (sevpipe policy show)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -89,6 +93,18 @@ class Settings(BaseSettings):
     @property
     def eventlog_path(self) -> Path:
         return self.data_dir / "events.db"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "store.db"
+
+    def policy(self) -> Policy:
+        if self.policy_file is None:
+            return default_policy()
+        try:
+            return load_policy(self.policy_file)
+        except ConfigFileError as exc:
+            raise SettingsError(f"policy_file: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:
