@@ -41,7 +41,10 @@ def _zero_time_is_none(value: datetime | None) -> datetime | None:
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is past datetime.max in UTC
+        raise ValueError("time out of range in UTC") from None
 
 
 OptionalTime = Annotated[datetime | None, AfterValidator(_zero_time_is_none)]
