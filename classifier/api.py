@@ -169,7 +169,7 @@ class IncidentsApi:
                 await self.store.save(
                     changed_groups,
                     [IncidentWrite(updated, incident.version)],
-                    [OutboxEvent(TOPIC_INCIDENTS, incident_id, event)],
+                    [OutboxEvent(TOPIC_INCIDENTS, incident_id, event.envelope())],
                 )
         log.info("incident %s severity set to %s by %s", incident_id, change.severity, actor)
         try:

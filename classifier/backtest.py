@@ -16,7 +16,8 @@ from classifier.lifecycle import AlertInput, apply_alert
 from classifier.policy import Policy
 from classifier.stage import incident_key
 from eventlog import EventLog, Record
-from schemas import TOPIC_ALERTS, AlertEventData
+from schemas import TOPIC_ALERTS
+from schemas.events import AlertEnvelope
 from schemas.incidents import Incident
 from schemas.severity import Severity
 from store.base import GroupState
@@ -66,8 +67,8 @@ async def alert_inputs(
 ) -> AsyncIterator[AlertInput]:
     record: Record
     async for record in eventlog.read([TOPIC_ALERTS], since=since, until=until):
-        env = record.envelope
-        yield AlertInput(env.id, env.time, AlertEventData.model_validate(env.data))
+        env = AlertEnvelope.model_validate_json(record.raw)
+        yield AlertInput(env.id, env.time, env.data)
 
 
 async def backtest(

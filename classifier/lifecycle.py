@@ -65,6 +65,38 @@ def _reasons(alerts: tuple[IncidentAlert, ...], severity: Severity) -> tuple[str
     return tuple(dict.fromkeys(out))
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A decided incident event, before it is wrapped (backtests never need the envelope)."""
+
+    cause_id: str
+    type: IncidentEventType
+    incident: Incident
+    change: str
+    previous: Severity | None
+    actor: str | None = None
+
+    def envelope(self) -> Envelope:
+        """The event, with an id derived from its cause: re-deciding gives the same id."""
+        data = IncidentEventData(
+            incident=self.incident,
+            change=self.change,
+            previous_severity=self.previous,
+            cause=self.cause_id,
+            actor=self.actor,
+        )
+        return Envelope(
+            id=derived_event_id(
+                self.cause_id, "incident", self.incident.id, str(self.incident.version)
+            ),
+            type=self.type,
+            source=SOURCE,
+            time=self.incident.updated_at,
+            subject=self.incident.id,
+            data=data.model_dump(mode="json"),
+        )
+
+
 def _event(
     cause_id: str,
     type_: IncidentEventType,
@@ -73,22 +105,8 @@ def _event(
     change: str,
     previous: Severity | None,
     actor: str | None = None,
-) -> Envelope:
-    data = IncidentEventData(
-        incident=incident,
-        change=change,
-        previous_severity=previous,
-        cause=cause_id,
-        actor=actor,
-    )
-    return Envelope(
-        id=derived_event_id(cause_id, "incident", incident.id, str(incident.version)),
-        type=type_,
-        source=SOURCE,
-        time=incident.updated_at,
-        subject=incident.id,
-        data=data.model_dump(mode="json"),
-    )
+) -> Change:
+    return Change(cause_id, type_, incident, change, previous, actor)
 
 
 def _stale(mark: AlertMark | None, new: AlertMark) -> bool:
@@ -103,7 +121,7 @@ def _stale(mark: AlertMark | None, new: AlertMark) -> bool:
 
 def apply_alert(
     group: GroupState, alert: AlertInput, cls: Classification, reopen_window: timedelta
-) -> list[Envelope]:
+) -> list[Change]:
     """Fold one alert into its group; returns the incident events it causes (maybe none)."""
     data = alert.data
     new_mark = AlertMark(data.starts_at.isoformat() if data.starts_at else "-", data.status)
@@ -135,7 +153,7 @@ def _open_or_reopen(
     alert: AlertInput,
     cls: Classification,
     reopen_window: timedelta,
-) -> list[Envelope]:
+) -> list[Change]:
     item = _incident_alert(alert.data, cls)
     at = alert.time
     resolved_at = previous.resolved_at if previous else None
@@ -182,7 +200,7 @@ def _open_or_reopen(
 
 def _fire_in_open(
     group: GroupState, incident: Incident, alert: AlertInput, cls: Classification
-) -> list[Envelope]:
+) -> list[Change]:
     item = _incident_alert(alert.data, cls)
     alerts, old = _replace_alert(incident.alerts, item)
     if old is not None and old.status == "firing" and old.severity == item.severity:
@@ -220,7 +238,7 @@ def _fire_in_open(
 
 def _resolve_alert(
     group: GroupState, incident: Incident, alert: AlertInput, cls: Classification
-) -> list[Envelope]:
+) -> list[Change]:
     data = alert.data
     old = next((a for a in incident.alerts if a.fingerprint == data.fingerprint), None)
     if old is None or old.status == "resolved":
@@ -265,7 +283,7 @@ def set_severity(
     actor: str,
     at: datetime,
     request_id: str,
-) -> tuple[Incident, Envelope]:
+) -> tuple[Incident, Change]:
     """A person's decision: may lower or raise; recorded with who and why."""
     updated = incident.model_copy(
         update={

@@ -94,8 +94,8 @@ def decide(inputs: Sequence[AlertInput], groups: dict[str, GroupState], policy: 
         group = groups[incident_key(item.data, policy)]
         touched_groups[group.key] = group
         events = apply_alert(group, item, classify_alert(item.data, policy), policy.reopen_window)
-        for env in events:
-            outbox.append(OutboxEvent(TOPIC_INCIDENTS, env.subject, env))
+        for change in events:
+            outbox.append(OutboxEvent(TOPIC_INCIDENTS, change.incident.id, change.envelope()))
         if events and group.incident is not None:
             inc = group.incident
             latest[inc.id] = IncidentWrite(inc, loaded.get(inc.id, 0))

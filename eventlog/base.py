@@ -26,15 +26,42 @@ class LogClosed(EventLogError):
     """The log was closed; nothing more is appended."""
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
-    """An event as stored: where it sits in the log, and the envelope."""
+    """An event as stored: where it sits in the log, and the envelope.
 
-    topic: str
-    partition: int
-    offset: int
-    key: str
-    envelope: Envelope
+    The envelope is parsed from ``raw`` (its JSON) on first use, so a reader that wants a
+    typed payload (a backtest) can parse ``raw`` once with its own model instead.
+    """
+
+    __slots__ = ("_envelope", "key", "offset", "partition", "raw", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: str,
+        envelope: Envelope | None = None,
+        *,
+        raw: bytes | None = None,
+    ) -> None:
+        if envelope is None and raw is None:
+            raise ValueError("a Record needs its envelope or its raw JSON")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self._envelope = envelope
+        self.raw = raw if raw is not None else envelope.model_dump_json().encode()  # type: ignore[union-attr]
+
+    @property
+    def envelope(self) -> Envelope:
+        if self._envelope is None:
+            self._envelope = Envelope.model_validate_json(self.raw)
+        return self._envelope
+
+    def __repr__(self) -> str:
+        return f"Record({self.topic!r}, {self.partition}, {self.offset}, {self.key!r})"
 
 
 @dataclass(frozen=True, slots=True)

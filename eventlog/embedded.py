@@ -77,7 +77,7 @@ def _to_row(event: Envelope, dedup_key: str | None) -> Row:
 
 def _to_record(row: tuple[int, str, str, bytes]) -> Record:
     seq, topic, key, blob = row
-    return Record(topic, 0, seq, key, Envelope.model_validate_json(blob))
+    return Record(topic, 0, seq, key, raw=blob)
 
 
 class EmbeddedLog:

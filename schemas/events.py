@@ -8,6 +8,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.alertmanager import Alert, AlertStatus, Webhook
+from schemas.envelope import Envelope
 
 TOPIC_ALERTS: Final = "sevpipe.alerts"
 TOPIC_INCIDENTS: Final = "sevpipe.incidents"
@@ -100,6 +101,12 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     ALERT_RESOLVED: AlertEventData,
 }
 """Every event type and its payload model; ``sevpipe schemas`` writes one JSON Schema each."""
+
+
+class AlertEnvelope(Envelope):
+    """An ``alert.*`` envelope with its payload typed: parsed from JSON in one pass."""
+
+    data: AlertEventData  # type: ignore[assignment]
 
 
 def event_type_for(status: AlertStatus) -> Literal["alert.firing", "alert.resolved"]:
