@@ -161,6 +161,8 @@ class EmbeddedLog:
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
     async def _in_reader(self, fn: Callable[[], T]) -> T:
+        if self._closed:  # not the executor's RuntimeError: readers and consumers get ours
+            raise LogClosed("event log is closed")
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
     # -- append (group commit) -------------------------------------------------------------
@@ -363,6 +365,8 @@ class EmbeddedSubscription:
         position = self._position
         if position is None or position == self._committed:
             return
+        if self._log._closed:
+            raise LogClosed("event log is closed; offsets not committed")
         try:
             await self._log._in_writer(
                 lambda: self._log._commit(self._group, self._topics, position + 1)
