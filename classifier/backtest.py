@@ -58,8 +58,11 @@ class Simulation:
         if group is None:
             group = self.groups[key] = GroupState(key)
         cls = classify_alert(item.data, self.policy)
-        if apply_alert(group, item, cls, self.policy.reopen_window) and group.incident:
-            self.incidents[group.incident.id] = group.incident
+        changes = apply_alert(
+            group, item, cls, self.policy.reopen_window, self.policy.resolve_grace
+        )
+        for change in changes:
+            self.incidents[change.incident.id] = change.incident
 
 
 async def alert_inputs(

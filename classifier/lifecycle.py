@@ -120,7 +120,11 @@ def _stale(mark: AlertMark | None, new: AlertMark) -> bool:
 
 
 def apply_alert(
-    group: GroupState, alert: AlertInput, cls: Classification, reopen_window: timedelta
+    group: GroupState,
+    alert: AlertInput,
+    cls: Classification,
+    reopen_window: timedelta,
+    resolve_grace: timedelta = timedelta(0),
 ) -> list[Change]:
     """Fold one alert into its group; returns the incident events it causes (maybe none)."""
     data = alert.data
@@ -128,14 +132,44 @@ def apply_alert(
     if _stale(group.marks.get(data.fingerprint), new_mark):
         return []
     group.marks[data.fingerprint] = new_mark
+    # A grace period that ran out while the group was quiet ends before this alert counts.
+    changes = expire_grace(group, alert.time, resolve_grace, cause_id=alert.event_id)
     incident = group.incident
     if data.status == "resolved":
         if incident is None or incident.status == "resolved":
-            return []
-        return _resolve_alert(group, incident, alert, cls)
+            return changes
+        return changes + _resolve_alert(group, incident, alert, resolve_grace)
     if incident is None or incident.status == "resolved":
-        return _open_or_reopen(group, incident, alert, cls, reopen_window)
-    return _fire_in_open(group, incident, alert, cls)
+        return changes + _open_or_reopen(group, incident, alert, cls, reopen_window)
+    return changes + _fire_in_open(group, incident, alert, cls)
+
+
+def grace_deadline(incident: Incident, resolve_grace: timedelta) -> datetime | None:
+    if incident.status != "open" or incident.resolving_since is None:
+        return None
+    return incident.resolving_since + resolve_grace
+
+
+def expire_grace(
+    group: GroupState, now: datetime, resolve_grace: timedelta, *, cause_id: str
+) -> list[Change]:
+    """Resolve the group's incident if its grace period has run out by ``now``."""
+    incident = group.incident
+    deadline = grace_deadline(incident, resolve_grace) if incident else None
+    if incident is None or deadline is None or now < deadline:
+        return []
+    updated = incident.model_copy(
+        update={
+            "status": "resolved",
+            "resolved_at": deadline,
+            "resolving_since": None,
+            "updated_at": max(deadline, incident.updated_at),
+            "version": incident.version + 1,
+        }
+    )
+    group.incident = updated
+    change = f"resolved: no alert fired again within the {resolve_grace} grace period"
+    return [_event(cause_id, INCIDENT_RESOLVED, updated, change=change, previous=incident.severity)]
 
 
 def _replace_alert(
@@ -209,6 +243,7 @@ def _fire_in_open(
     escalated = severity != incident.severity
     updated = incident.model_copy(
         update={
+            "resolving_since": None,
             "severity": severity,
             "severity_source": "policy" if escalated else incident.severity_source,
             "reasons": _reasons(alerts, severity) if escalated else incident.reasons,
@@ -237,7 +272,7 @@ def _fire_in_open(
 
 
 def _resolve_alert(
-    group: GroupState, incident: Incident, alert: AlertInput, cls: Classification
+    group: GroupState, incident: Incident, alert: AlertInput, resolve_grace: timedelta
 ) -> list[Change]:
     data = alert.data
     old = next((a for a in incident.alerts if a.fingerprint == data.fingerprint), None)
@@ -247,18 +282,28 @@ def _resolve_alert(
     alerts, _ = _replace_alert(incident.alerts, resolved)
     at = max(alert.time, incident.updated_at)
     all_resolved = all(a.status == "resolved" for a in alerts)
+    waiting = all_resolved and resolve_grace > timedelta(0)
+    done = all_resolved and not waiting
     updated = incident.model_copy(
         update={
             "alerts": alerts,
-            "status": "resolved" if all_resolved else "open",
-            "resolved_at": at if all_resolved else None,
+            "status": "resolved" if done else "open",
+            "resolved_at": at if done else None,
+            "resolving_since": at if waiting else None,
             "updated_at": at,
             "version": incident.version + 1,
         }
     )
     group.incident = updated
     name = old.alertname or old.fingerprint
-    if all_resolved:
+    if waiting:
+        change = f"last alert {name} resolved; resolves after {resolve_grace} unless one fires"
+        return [
+            _event(
+                alert.event_id, INCIDENT_UPDATED, updated, change=change, previous=incident.severity
+            )
+        ]
+    if done:
         change = f"resolved: last alert {name} resolved"
         return [
             _event(

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,12 +20,19 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from classifier.classify import classify_alert
-from classifier.lifecycle import AlertInput, apply_alert
+from classifier.lifecycle import AlertInput, apply_alert, expire_grace, grace_deadline
 from classifier.outbox import relay_outbox
 from classifier.policy import Policy
 from eventlog import EventLog, Record, Subscription
-from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData
-from store.base import GroupState, IncidentStore, IncidentWrite, OutboxEvent, StoreConflict
+from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData, derived_event_id
+from store.base import (
+    GroupState,
+    IncidentQuery,
+    IncidentStore,
+    IncidentWrite,
+    OutboxEvent,
+    StoreConflict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +102,30 @@ def decide(inputs: Sequence[AlertInput], groups: dict[str, GroupState], policy: 
     for item in inputs:
         group = groups[incident_key(item.data, policy)]
         touched_groups[group.key] = group
-        events = apply_alert(group, item, classify_alert(item.data, policy), policy.reopen_window)
+        cls = classify_alert(item.data, policy)
+        events = apply_alert(group, item, cls, policy.reopen_window, policy.resolve_grace)
         for change in events:
             outbox.append(OutboxEvent(TOPIC_INCIDENTS, change.incident.id, change.envelope()))
-        if events and group.incident is not None:
-            inc = group.incident
+            inc = change.incident
             latest[inc.id] = IncidentWrite(inc, loaded.get(inc.id, 0))
     return Decided(list(touched_groups.values()), list(latest.values()), outbox)
+
+
+def decide_expiries(groups: dict[str, GroupState], now: datetime, policy: Policy) -> Decided:
+    """Resolve the loaded groups' incidents whose grace period ran out by ``now``."""
+    decided = Decided([], [], [])
+    for group in groups.values():
+        before = group.incident
+        if before is None:
+            continue
+        cause = derived_event_id(before.id[4:].upper(), "grace", str(before.version))
+        for change in expire_grace(group, now, policy.resolve_grace, cause_id=cause):
+            decided.outbox.append(
+                OutboxEvent(TOPIC_INCIDENTS, change.incident.id, change.envelope())
+            )
+            decided.incidents.append(IncidentWrite(change.incident, before.version))
+            decided.groups.append(group)
+    return decided
 
 
 def _retriable(exc: BaseException) -> bool:
@@ -129,6 +155,7 @@ class ClassifierStage:
         self.group = group
         self.batch_size = batch_size
         self.max_backoff = max_backoff
+        self._next_expiry_scan = 0.0
 
     async def process(self, records: Sequence[Record]) -> Decided:
         """Decide, store and relay one batch; retried on conflicts."""
@@ -152,6 +179,38 @@ class ClassifierStage:
             self.metrics.events.labels(item.envelope.type).inc()
         return decided
 
+    async def expire_graces(self, now: datetime | None = None) -> int:
+        """Resolve open incidents whose grace period has run out; returns how many."""
+        if self.policy.resolve_grace <= timedelta(0):
+            return 0
+        if now is None:
+            # Scanning open incidents on every batch would tax a busy stage; once a second
+            # is as precise as a grace period needs.
+            if time.monotonic() < self._next_expiry_scan:
+                return 0
+            self._next_expiry_scan = time.monotonic() + 1.0
+            now = datetime.now(UTC)
+        open_incidents = await self.store.list_incidents(IncidentQuery(status="open", limit=10_000))
+        keys = [
+            i.key
+            for i in open_incidents
+            if (deadline := grace_deadline(i, self.policy.resolve_grace)) and deadline <= now
+        ]
+        if not keys:
+            return 0
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, StoreConflict)),
+            stop=stop_after_attempt(20),
+            wait=wait_exponential(multiplier=0.005, max=0.5),
+            reraise=True,
+        ):
+            with attempt:
+                groups = await self.store.load_groups(keys)
+                decided = decide_expiries(groups, now, self.policy)
+                await self.store.save(decided.groups, decided.incidents, decided.outbox)
+        await relay_outbox(self.store, self.log)
+        return len(decided.incidents)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; outages of the log or store are waited out."""
         sub = self.log.subscribe([TOPIC_ALERTS], self.group)
@@ -168,6 +227,7 @@ class ClassifierStage:
             records = await self._with_backoff(
                 stop, lambda: sub.fetch(self.batch_size, max_wait=0.5)
             )
+            await self._with_backoff(stop, self.expire_graces)
             if not records:
                 continue
             with self.metrics.batch_seconds.time():

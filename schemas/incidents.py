@@ -68,6 +68,11 @@ class Incident(BaseModel):
     opened_at: datetime
     updated_at: datetime
     resolved_at: datetime | None = None
+    resolving_since: datetime | None = Field(
+        None,
+        description="all alerts resolved at this time; resolves after the policy's grace "
+        "period unless one fires again",
+    )
     version: int = Field(1, description="grows by one with every event about this incident")
 
 

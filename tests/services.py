@@ -1,0 +1,66 @@
+"""The real services the integration tests talk to: Apache Kafka, PostgreSQL, Redis.
+
+Taken from ``SEVPIPE_KAFKA_BOOTSTRAP``, ``SEVPIPE_POSTGRES_DSN`` and ``SEVPIPE_REDIS_URL`` when
+they are set (``make test`` sets them); otherwise ``scripts/test-services up`` is run once per
+session to start them. A missing service fails the tests that need it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VARS = ("SEVPIPE_KAFKA_BOOTSTRAP", "SEVPIPE_POSTGRES_DSN", "SEVPIPE_REDIS_URL")
+_EXPORT = re.compile(r"^export (SEVPIPE_[A-Z_]+)=['\"]?([^'\"]*)['\"]?$")
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    postgres_dsn: str
+    redis_url: str
+
+    def env(self) -> dict[str, str]:
+        return dict(zip(VARS, (self.kafka_bootstrap, self.postgres_dsn, self.redis_url), strict=True))
+
+
+def _start() -> dict[str, str]:
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "test-services"), "up"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/test-services up failed:\n{proc.stderr[-4000:]}", pytrace=False)
+    found = {}
+    for line in proc.stdout.splitlines():
+        match = _EXPORT.match(line.strip())
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    values = {name: os.environ.get(name, "") for name in VARS}
+    if not all(values.values()):
+        values.update(_start())
+    missing = [name for name in VARS if not values.get(name)]
+    if missing:
+        pytest.fail(f"services not available: {', '.join(missing)}", pytrace=False)
+    yield Services(*(values[name] for name in VARS))
+
+
+def unique_name(prefix: str) -> str:
+    """A fresh topic, group or key prefix per test, as the tests share the servers."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
