@@ -4,6 +4,7 @@ the grace runs out, and a firing alert within it keeps the incident going."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from classifier.lifecycle import AlertInput, apply_alert, expire_grace
 from schemas import AlertEventData, GroupContext, new_event_id
@@ -16,9 +17,9 @@ WINDOW = timedelta(hours=1)
 CLS = Classification(severity="SEV-2", reasons=("impact error_rate",), rule="sev2")
 
 
-def _alert(status: str, at: datetime, starts: datetime = T0, fp: str = "a1") -> AlertInput:
+def _alert(status: Literal["firing", "resolved"], at: datetime, starts: datetime = T0, fp: str = "a1") -> AlertInput:
     data = AlertEventData(
-        status=status,  # type: ignore[arg-type]
+        status=status,
         fingerprint=fp,
         alertname="Errors",
         labels={"alertname": "Errors"},
