@@ -17,7 +17,9 @@ WINDOW = timedelta(hours=1)
 CLS = Classification(severity="SEV-2", reasons=("impact error_rate",), rule="sev2")
 
 
-def _alert(status: Literal["firing", "resolved"], at: datetime, starts: datetime = T0, fp: str = "a1") -> AlertInput:
+def _alert(
+    status: Literal["firing", "resolved"], at: datetime, starts: datetime = T0, fp: str = "a1"
+) -> AlertInput:
     data = AlertEventData(
         status=status,
         fingerprint=fp,
