@@ -17,12 +17,22 @@ from schemas.events import (
     event_type_for,
     normalise,
 )
+from schemas.severity import (
+    SEVERITIES,
+    Classification,
+    Severity,
+    highest,
+    is_more_severe,
+    is_severity,
+    severity_rank,
+)
 
 __all__ = [
     "ALERT_FIRING",
     "ALERT_RESOLVED",
     "EVENT_MODELS",
     "SCHEMA_VERSION",
+    "SEVERITIES",
     "TOPICS",
     "TOPIC_ACTIONS",
     "TOPIC_ALERTS",
@@ -30,13 +40,19 @@ __all__ = [
     "TOPIC_NOTIFICATIONS",
     "Alert",
     "AlertEventData",
+    "Classification",
     "Envelope",
     "GroupContext",
+    "Severity",
     "Webhook",
     "alert_idempotency_key",
     "derived_event_id",
     "event_type_for",
+    "highest",
+    "is_more_severe",
+    "is_severity",
     "labels_fingerprint",
     "new_event_id",
     "normalise",
+    "severity_rank",
 ]
