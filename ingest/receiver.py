@@ -122,13 +122,16 @@ class Receiver:
     async def _read_limited(request: web.Request, limit: int) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise Rejected(
-                    413, "too_large", f"body exceeds the {limit}-byte limit", limit=limit
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(
+                        413, "too_large", f"body exceeds the {limit}-byte limit", limit=limit
+                    )
+                chunks.append(chunk)
+        except web.RequestPayloadError as exc:  # e.g. "Content-Encoding: gzip" that is not
+            raise Rejected(400, "invalid_json", f"cannot decode body: {exc}") from None
         return b"".join(chunks)
 
     async def _accept(self, webhook: Webhook) -> web.Response:
