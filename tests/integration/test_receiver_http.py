@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -246,6 +247,23 @@ async def test_chunked_body_without_content_length(tmp_path: Path) -> None:
         assert await h.count() == 2
         metrics = await h.metrics()
     assert metrics["sevpipe_webhooks_rejected_total", (("reason", "too_large"),)] == 1
+
+
+async def test_compressed_bodies(tmp_path: Path) -> None:
+    gzip_json = {**JSON_HEADERS, "Content-Encoding": "gzip"}
+    async with open_harness(tmp_path, max_body_bytes=100_000) as h:
+        status, answer, _ = await h.post(gzip.compress(fixture_bytes(F02)), headers=gzip_json)
+        assert status == 200, answer
+        # the limit applies to the decoded body: a small gzip bomb is still too large
+        bomb = gzip.compress(b" " * 5_000_000)
+        assert len(bomb) < 100_000
+        status, answer, _ = await h.post(bomb, headers=gzip_json)
+        assert status == 413, answer
+        # a body that says gzip and is not: bad input (400), not a server error to retry
+        status, answer, _ = await h.post(fixture_bytes(F01), headers=gzip_json)
+        assert status == 400, answer
+        assert answer["error"].startswith("cannot decode body")
+        assert await h.count() == 3
 
 
 # -- 415 ----------------------------------------------------------------------------------------
