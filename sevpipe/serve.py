@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
 from classifier.api import IncidentsApi
@@ -81,6 +82,8 @@ async def run(settings: Settings) -> None:
         app = build_app(
             [*receiver.routes(), *api.routes()], eventlog, registry, settings.max_body_bytes
         )
+        in_flight = InFlight()
+        app.middlewares.append(in_flight.middleware())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
         await runner.setup()
         stop = asyncio.Event()
@@ -91,11 +94,48 @@ async def run(settings: Settings) -> None:
             _announce(runner, settings)
             await _wait_for_signal_or(stage_task)
             log.info("shutting down: draining in-flight requests")
+            await in_flight.drain(runner, settings.shutdown_timeout)
         finally:
             await runner.cleanup()
             stop.set()
             await _finish(stage_task, settings.shutdown_timeout)
     log.info("stopped")
+
+
+class InFlight:
+    """The requests being handled, so shutdown can let them finish.
+
+    aiohttp's cleanup stops reading from open connections, so a webhook whose body is still
+    arriving would wait out the whole shutdown timeout and then be reset. Stop listening
+    first, wait for the handlers, then clean up.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.count += 1
+            self._idle.clear()
+            try:
+                return await handler(request)
+            finally:
+                self.count -= 1
+                if self.count == 0:
+                    self._idle.set()
+
+        return count
+
+    async def drain(self, runner: web.AppRunner, deadline: float) -> None:
+        for site in list(runner.sites):
+            await site.stop()  # no new connections
+        try:
+            await asyncio.wait_for(self._idle.wait(), deadline)
+        except TimeoutError:
+            log.warning("%d requests still in flight after %.0fs", self.count, deadline)
 
 
 def _announce(runner: web.AppRunner, settings: Settings) -> None:
