@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.alertmanager import Alert, AlertStatus, Webhook
 from schemas.envelope import Envelope
+from schemas.incidents import INCIDENT_EVENT_TYPES, IncidentEventData
 
 TOPIC_ALERTS: Final = "sevpipe.alerts"
 TOPIC_INCIDENTS: Final = "sevpipe.incidents"
@@ -99,6 +100,7 @@ def _normalise_alert(alert: Alert, group: GroupContext, received_at: datetime) -
 EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     ALERT_FIRING: AlertEventData,
     ALERT_RESOLVED: AlertEventData,
+    **dict.fromkeys(INCIDENT_EVENT_TYPES, IncidentEventData),
 }
 """Every event type and its payload model; ``sevpipe schemas`` writes one JSON Schema each."""
 
