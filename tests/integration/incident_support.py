@@ -4,7 +4,7 @@ a classifier stage on a real EmbeddedLog + EmbeddedStore, and snapshots to compa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,12 +44,13 @@ def alert_json(
     *,
     starts: datetime = T0,
     alertname: str = "HighErrorRate",
-    **labels: str,
+    labels: Mapping[str, str] | None = None,
+    **more_labels: str,
 ) -> dict[str, Any]:
     """One alert of a webhook body, as Alertmanager writes it."""
     return {
         "status": status,
-        "labels": {"alertname": alertname, **labels},
+        "labels": {"alertname": alertname, **(labels or {}), **more_labels},
         "annotations": {"summary": f"{alertname} {fingerprint}"},
         "startsAt": rfc3339(starts),
         "endsAt": rfc3339(starts + timedelta(minutes=5))

@@ -1,0 +1,404 @@
+"""The incidents API over HTTP, as ``sevpipe run`` serves it: receiver + incidents routes on
+one aiohttp app, a real EmbeddedLog and EmbeddedStore, and the classifier stage in between.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from incident_support import (
+    T0,
+    alert_json,
+    append_webhook,
+    drain,
+    event_incident,
+    incident_events,
+    new_stage,
+    webhook,
+)
+from prometheus_client import CollectorRegistry
+
+from classifier.api import IncidentsApi
+from classifier.stage import CONSUMER_GROUP, ClassifierStage
+from eventlog import EmbeddedLog, Subscription
+from ingest import Credentials, Receiver, ReceiverConfig, ReceiverMetrics
+from schemas import TOPIC_ALERTS, Envelope
+from sevpipe.http import build_app
+from sevpipe.serve import authorizer
+from store import EmbeddedStore, GroupState, IncidentWrite, OutboxEvent
+
+TOKEN = "s3cret-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+GK = {name: f'{{}}:{{service="{name}"}}' for name in ("checkout", "search", "billing")}
+
+
+class RacingStore(EmbeddedStore):
+    """Runs ``before_next_save`` once, just before the next save: a writer that got in first."""
+
+    before_next_save: Callable[[], Awaitable[None]] | None = None
+
+    async def save(
+        self,
+        groups: Sequence[GroupState],
+        incidents: Sequence[IncidentWrite],
+        outbox: Sequence[OutboxEvent],
+    ) -> None:
+        hook, self.before_next_save = self.before_next_save, None
+        if hook is not None:
+            await hook()
+        await super().save(groups, incidents, outbox)
+
+
+@dataclass
+class Api:
+    client: TestClient[web.Request, web.Application]
+    log: EmbeddedLog
+    store: RacingStore
+    stage: ClassifierStage
+    sub: Subscription
+    headers: dict[str, str]
+
+    async def post_alerts(self, group_key: str, *alerts: dict[str, Any]) -> None:
+        """POST a webhook through the receiver, then let the classifier take it."""
+        body = orjson.dumps(webhook(group_key, *alerts))
+        async with self.client.post(
+            "/api/v1/alerts",
+            data=body,
+            headers={"Content-Type": "application/json", **self.headers},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        await drain(self.stage, self.sub)
+
+    async def get(
+        self, path: str, *, params: dict[str, str] | None = None, auth: bool = True
+    ) -> tuple[int, Any]:
+        headers = self.headers if auth else {}
+        async with self.client.get(path, params=params, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    async def post_severity(
+        self, incident_id: str, body: Any, *, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        async with self.client.post(
+            f"/api/v1/incidents/{incident_id}/severity",
+            data=raw,
+            headers={
+                "Content-Type": "application/json",
+                **(self.headers if headers is None else headers),
+            },
+        ) as resp:
+            return resp.status, await resp.json()
+
+    async def incidents(self, **params: str) -> list[dict[str, Any]]:
+        status, body = await self.get("/api/v1/incidents", params=params)
+        assert status == 200, body
+        out: list[dict[str, Any]] = body["incidents"]
+        return out
+
+
+@asynccontextmanager
+async def open_api(data_dir: Path, creds: Credentials | None = None) -> AsyncIterator[Api]:
+    creds = creds or Credentials()
+    store = RacingStore(data_dir / "store.db")
+    async with EmbeddedLog(data_dir / "events.db") as log, store:
+        registry = CollectorRegistry()
+        receiver = Receiver(ReceiverConfig(credentials=creds), log, ReceiverMetrics(registry))
+        api = IncidentsApi(store, log, authorizer(creds))
+        app = build_app([*receiver.routes(), *api.routes()], log, registry, 1024 * 1024)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            headers = BEARER if creds.bearer_token else {}
+            stage = new_stage(log, store)
+            sub = log.subscribe([TOPIC_ALERTS], CONSUMER_GROUP)
+            yield Api(client, log, store, stage, sub, headers)
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async with open_api(tmp_path) as a:
+        yield a
+
+
+async def three_incidents(api: Api) -> dict[str, dict[str, Any]]:
+    """checkout SEV-0 open (T0), billing SEV-3 open (T0+2m), search SEV-2 resolved (T0+3m).
+
+    Appended to the log with their times (as ingest would at those times), so the order
+    and the ``since`` boundaries are exact.
+    """
+    history = [
+        (GK["checkout"], alert_json("c1", service="checkout", impact="outage")),
+        (GK["search"], alert_json("s1", service="search", impact="error_rate")),
+        (GK["billing"], alert_json("b1", service="billing", impact="minor")),
+        (GK["search"], alert_json("s1", "resolved", service="search")),
+    ]
+    for minutes, (group_key, alert) in enumerate(history):
+        await append_webhook(api.log, webhook(group_key, alert), at=T0 + timedelta(minutes=minutes))
+    await drain(api.stage, api.sub)
+    return {inc["key"].split('"')[1]: inc for inc in await api.incidents()}
+
+
+def names(incidents: list[dict[str, Any]]) -> list[str]:
+    return [inc["key"].split('"')[1] for inc in incidents]
+
+
+# -- list -------------------------------------------------------------------------------------
+
+
+async def test_list_is_newest_first_with_each_filter(api: Api) -> None:
+    inc = await three_incidents(api)
+    assert names(await api.incidents()) == ["search", "billing", "checkout"]
+    assert {n: (i["status"], i["severity"]) for n, i in inc.items()} == {
+        "checkout": ("open", "SEV-0"),
+        "search": ("resolved", "SEV-2"),
+        "billing": ("open", "SEV-3"),
+    }
+
+    assert names(await api.incidents(status="open")) == ["billing", "checkout"]
+    assert names(await api.incidents(status="resolved")) == ["search"]
+    assert names(await api.incidents(severity="SEV-0")) == ["checkout"]
+    assert names(await api.incidents(severity="SEV-1")) == []
+    assert names(await api.incidents(status="open", severity="SEV-3")) == ["billing"]
+    assert names(await api.incidents(limit="2")) == ["search", "billing"]
+    assert names(await api.incidents(limit="1", status="open")) == ["billing"]
+
+
+async def test_since_keeps_incidents_updated_at_or_after_it_in_any_offset(api: Api) -> None:
+    inc = await three_incidents(api)
+    assert inc["billing"]["updated_at"] == "2026-03-01T12:02:00Z"
+
+    billing = T0 + timedelta(minutes=2)
+    for since in (
+        "2026-03-01T12:02:00Z",
+        "2026-03-01T14:02:00+02:00",
+        "2026-03-01T07:02:00-05:00",
+        "2026-03-01T12:02:00",  # no offset: UTC
+        billing.isoformat(),
+    ):
+        assert names(await api.incidents(since=since)) == ["search", "billing"], since
+    assert names(await api.incidents(since="2026-03-01T12:02:00.001Z")) == ["search"]
+    assert names(await api.incidents(since="2026-03-01T11:00:00Z")) == [
+        "search",
+        "billing",
+        "checkout",
+    ]
+    assert await api.incidents(since="2026-03-01T12:03:00.001Z") == []
+    assert names(await api.incidents(since="2026-03-01T12:00:00Z", status="open")) == [
+        "billing",
+        "checkout",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"status": "closed"}, "status"),
+        ({"status": ""}, "status"),
+        ({"severity": "SEV-4"}, "severity"),
+        ({"severity": "sev-0"}, "severity"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2026-13-01T00:00:00Z"}, "since"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"status": "open", "limit": "-1"}, "limit"),
+    ],
+)
+async def test_a_bad_filter_is_a_400_naming_the_field(
+    api: Api, params: dict[str, str], field: str
+) -> None:
+    status, body = await api.get("/api/v1/incidents", params=params)
+    assert status == 400
+    assert body["field"] == field
+    assert body["error"].startswith(f"{field}:")
+
+
+# -- show -------------------------------------------------------------------------------------
+
+
+async def test_show_has_the_incident_and_its_timeline_in_order(api: Api) -> None:
+    await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="minor"))
+    await api.post_alerts(GK["checkout"], alert_json("c2", service="checkout", impact="outage"))
+    await api.post_alerts(
+        GK["checkout"],
+        alert_json("c1", "resolved", service="checkout"),
+        alert_json("c2", "resolved", service="checkout"),
+    )
+    await api.post_alerts(GK["search"], alert_json("s1", service="search"))
+    [checkout] = await api.incidents(severity="SEV-0")
+
+    status, body = await api.get(f"/api/v1/incidents/{checkout['id']}")
+
+    assert status == 200
+    events = body.pop("events")
+    assert body == checkout
+    assert [e["type"] for e in events] == [
+        "incident.opened",
+        "incident.escalated",
+        "incident.updated",
+        "incident.resolved",
+    ]
+    assert [e["data"]["incident"]["version"] for e in events] == [1, 2, 3, 4]
+    in_log = [e for e in await incident_events(api.log) if e.subject == checkout["id"]]
+    assert [Envelope.model_validate(e) for e in events] == in_log
+    assert events[-1]["data"]["incident"] == checkout
+
+
+async def test_an_unknown_incident_is_a_404(api: Api) -> None:
+    status, body = await api.get("/api/v1/incidents/inc-nope")
+    assert status == 404
+    assert "inc-nope" in body["error"]
+    status, body = await api.post_severity("inc-nope", {"severity": "SEV-1", "reason": "x"})
+    assert status == 404
+    assert "inc-nope" in body["error"]
+
+
+# -- a person's severity decision -------------------------------------------------------------
+
+
+async def test_post_severity_lowers_it_records_the_event_and_shows_it(api: Api) -> None:
+    await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="outage"))
+    [inc] = await api.incidents()
+    log_before = await incident_events(api.log)
+
+    status, body = await api.post_severity(
+        inc["id"], {"severity": "SEV-2", "reason": "only the staging shard"}
+    )
+
+    assert status == 200, body
+    assert (body["severity"], body["severity_source"]) == ("SEV-2", "manual")
+    assert body["version"] == inc["version"] + 1
+    assert body["reasons"] == ["set by anonymous: only the staging shard"]
+
+    log_after = await incident_events(api.log)
+    assert log_after[: len(log_before)] == log_before
+    [new] = log_after[len(log_before) :]
+    assert (new.type, new.subject) == ("incident.updated", inc["id"])
+    assert new.data["actor"] == "anonymous"
+    assert new.data["previous_severity"] == "SEV-0"
+    assert event_incident(new).model_dump(mode="json") == body
+    assert await api.store.unrelayed() == []
+
+    _, shown = await api.get(f"/api/v1/incidents/{inc['id']}")
+    assert shown["events"][-1]["id"] == new.id
+    assert shown["severity"] == "SEV-2"
+    assert names(await api.incidents(severity="SEV-2")) == ["checkout"]
+
+    # The lowered severity holds: a repeat of the alert is no reason to raise it again.
+    await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="outage"))
+    assert (await api.incidents())[0]["severity"] == "SEV-2"
+
+
+async def test_post_severity_raising_with_an_actor_is_an_escalation(api: Api) -> None:
+    await api.post_alerts(GK["billing"], alert_json("b1", service="billing", impact="minor"))
+    [inc] = await api.incidents()
+    status, body = await api.post_severity(
+        inc["id"], {"severity": "SEV-1", "reason": "customers are calling", "actor": "carol"}
+    )
+    assert status == 200, body
+    last = (await incident_events(api.log))[-1]
+    assert last.type == "incident.escalated"
+    assert last.data["actor"] == "carol"
+    assert body["reasons"] == ["set by carol: customers are calling"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"severity": "SEV-9", "reason": "x"}, "severity"),
+        ({"severity": "critical", "reason": "x"}, "severity"),
+        ({"reason": "x"}, "severity"),
+        ({"severity": "SEV-1"}, "reason"),
+        ({"severity": "SEV-1", "reason": ""}, "reason"),
+        ({"severity": "SEV-1", "reason": "x", "sevrity": "SEV-0"}, "sevrity"),
+        (b"{not json", "body"),
+        (b"", "body"),
+    ],
+)
+async def test_a_bad_severity_change_is_a_400_and_changes_nothing(
+    api: Api, body: Any, field: str
+) -> None:
+    await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="outage"))
+    [inc] = await api.incidents()
+    log_before = await incident_events(api.log)
+
+    status, answer = await api.post_severity(inc["id"], body)
+
+    assert status == 400
+    assert answer["field"] == field
+    assert answer["error"].startswith(f"{field}:")
+    assert await incident_events(api.log) == log_before
+    assert await api.incidents() == [inc]
+
+
+async def test_a_change_racing_the_classifier_loses_neither_update(api: Api) -> None:
+    await api.post_alerts(GK["billing"], alert_json("b1", service="billing", impact="minor"))
+    [inc] = await api.incidents()
+
+    async def person_first() -> None:
+        status, body = await api.post_severity(
+            inc["id"], {"severity": "SEV-1", "reason": "VIP customer", "actor": "dave"}
+        )
+        assert status == 200, body
+
+    # The stage has loaded the group and decided; the person's change lands before its save.
+    api.store.before_next_save = person_first
+    await api.post_alerts(GK["billing"], alert_json("b2", service="billing", impact="minor"))
+
+    assert api.store.before_next_save is None
+    [after] = await api.incidents()
+    assert (after["severity"], after["severity_source"]) == ("SEV-1", "manual")
+    assert [a["fingerprint"] for a in after["alerts"]] == ["b1", "b2"]
+    events = await incident_events(api.log)
+    assert [e.type for e in events] == ["incident.opened", "incident.escalated", "incident.updated"]
+    assert [event_incident(e).version for e in events] == [1, 2, 3]
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def test_with_credentials_configured_every_route_wants_them(tmp_path: Path) -> None:
+    creds = Credentials(bearer_token=TOKEN, basic_username="erin", basic_password="pw")
+    async with open_api(tmp_path, creds) as api:
+        await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="minor"))
+        [inc] = await api.incidents()
+        change = {"severity": "SEV-1", "reason": "x"}
+        log_before = await incident_events(api.log)
+
+        for headers in ({}, {"Authorization": "Bearer wrong"}, basic("erin", "nope")):
+            for path in ("/api/v1/incidents", f"/api/v1/incidents/{inc['id']}"):
+                async with api.client.get(path, headers=headers) as resp:
+                    assert resp.status == 401, (path, headers)
+                    assert "error" in await resp.json()
+            status, _ = await api.post_severity(inc["id"], change, headers=headers)
+            assert status == 401
+        assert await incident_events(api.log) == log_before
+
+        status, body = await api.post_severity(inc["id"], change, headers=basic("erin", "pw"))
+        assert status == 200, body
+        assert body["reasons"] == ["set by erin: x"]
+        status, body = await api.post_severity(
+            inc["id"], {"severity": "SEV-2", "reason": "y"}, headers=BEARER
+        )
+        assert status == 200, body
+        assert body["reasons"] == ["set by api: y"]
+        actors = [e.data["actor"] for e in await incident_events(api.log)][len(log_before) :]
+        assert actors == ["erin", "api"]
