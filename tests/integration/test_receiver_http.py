@@ -101,6 +101,7 @@ async def test_invalid_json_is_400(body: bytes, tmp_path: Path) -> None:
     assert status == 400
     assert resp.content_type == "application/json"
     assert answer["error"].startswith("invalid JSON: ")
+    assert " at line 1 column " in answer["error"]  # where, since there is no field to name
     assert metrics["sevpipe_webhooks_rejected_total", (("reason", "invalid_json"),)] == 1
 
 
