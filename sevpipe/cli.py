@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run every stage in one process (embedded default)")
     _add_settings_args(run, server=True)
+    ingest = sub.add_parser("ingest", help="the HTTP edge alone: receiver and incidents API")
+    _add_settings_args(ingest, server=True)
+    classify = sub.add_parser("classify", help="the classifier stage alone (metrics on --port)")
+    _add_settings_args(classify, server=True)
 
     replay = sub.add_parser("replay", help="print the event log")
     _add_settings_args(replay, server=False)
@@ -89,18 +93,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+ROLES_OF = {"run": {"ingest", "classify"}, "ingest": {"ingest"}, "classify": {"classify"}}
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
     from sevpipe.logs import setup_logging  # noqa: PLC0415 - keep `sevpipe --help` fast
-    from sevpipe.serve import run  # noqa: PLC0415
+    from sevpipe.serve import serve  # noqa: PLC0415
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
-
-    async def main() -> int:
-        await run(settings)
-        return 0
-
-    return _runner()(main())
+    return _runner()(serve(settings, frozenset(ROLES_OF[args.command])))
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -189,7 +191,9 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _cmd_run,
+    "run": _cmd_serve,
+    "ingest": _cmd_serve,
+    "classify": _cmd_serve,
     "replay": _cmd_replay,
     "send": _cmd_send,
     "schemas": _cmd_schemas,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -15,11 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from classifier.api import IncidentsApi
 from classifier.stage import ClassifierMetrics, ClassifierStage
-from eventlog import EmbeddedLog
 from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
+from sevpipe.backends import describe, open_eventlog, open_store
 from sevpipe.http import build_app
 from sevpipe.settings import Settings
-from store import EmbeddedStore
 
 log = logging.getLogger(__name__)
 
@@ -60,46 +58,57 @@ def authorizer(creds: Credentials) -> Callable[[web.Request], str | None]:
     return authorize
 
 
-@contextlib.asynccontextmanager
-async def open_backends(settings: Settings) -> AsyncIterator[tuple[EmbeddedLog, EmbeddedStore]]:
-    async with (
-        EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync) as eventlog,
-        EmbeddedStore(settings.store_path, synchronous=settings.fsync) as store,
-    ):
-        yield eventlog, store
+ROLES = frozenset({"ingest", "classify"})
 
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM, then drain: HTTP first, then the stages, then backends."""
-    settings.check_exposure()
-    policy = settings.policy()
+async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
+    """Serve ``roles`` until SIGINT/SIGTERM, then drain: HTTP, then the stage, then backends.
+
+    ``ingest`` is the HTTP edge (receiver and incidents API); ``classify`` is the classifier
+    stage. Every process also serves /healthz, /readyz and /metrics. Returns the exit code.
+    """
+    if "ingest" in roles:
+        settings.check_exposure()
+    policy = settings.policy() if "classify" in roles else None
     creds = settings.credentials()
     registry = CollectorRegistry()
-    async with open_backends(settings) as (eventlog, store):
-        receiver = Receiver(settings.receiver_config(), eventlog, ReceiverMetrics(registry))
-        api = IncidentsApi(store, eventlog, authorizer(creds))
-        stage = ClassifierStage(eventlog, store, policy, ClassifierMetrics(registry))
-        app = build_app(
-            [*receiver.routes(), *api.routes()], eventlog, registry, settings.max_body_bytes
-        )
+    log.info("starting %s on %s", "+".join(sorted(roles)), describe(settings))
+    async with open_eventlog(settings) as eventlog, open_store(settings) as store:
+        routes: list[web.RouteDef] = []
+        if "ingest" in roles:
+            receiver = Receiver(settings.receiver_config(), eventlog, ReceiverMetrics(registry))
+            api = IncidentsApi(store, eventlog, authorizer(creds))
+            routes += [*receiver.routes(), *api.routes()]
+        stop = asyncio.Event()
+        stage_task: asyncio.Task[None] | None = None
+        if policy is not None:
+            stage = ClassifierStage(eventlog, store, policy, ClassifierMetrics(registry))
+            stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
+        app = build_app(routes, eventlog, registry, settings.max_body_bytes)
         in_flight = InFlight()
         app.middlewares.append(in_flight.middleware())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
         await runner.setup()
-        stop = asyncio.Event()
-        stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
+        failed = False
         try:
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
             await site.start()
-            _announce(runner, settings)
-            await _wait_for_signal_or(stage_task)
-            log.info("shutting down: draining in-flight requests")
+            _announce(runner, settings, roles)
+            failed = await _wait_for_signal_or(stage_task)
+            log.info("shutting down: draining in-flight work")
             await in_flight.drain(runner, settings.shutdown_timeout)
         finally:
             await runner.cleanup()
             stop.set()
-            await _finish(stage_task, settings.shutdown_timeout)
+            if stage_task is not None:
+                await _finish(stage_task, settings.shutdown_timeout)
     log.info("stopped")
+    return 1 if failed else 0
+
+
+async def run(settings: Settings) -> None:
+    """``sevpipe run``: every stage in one process."""
+    await serve(settings, ROLES)
 
 
 class InFlight:
@@ -138,16 +147,25 @@ class InFlight:
             log.warning("%d requests still in flight after %.0fs", self.count, deadline)
 
 
-def _announce(runner: web.AppRunner, settings: Settings) -> None:
+def _announce(runner: web.AppRunner, settings: Settings, roles: frozenset[str]) -> None:
     host, port = runner.addresses[0][:2]
     shown = f"[{host}]" if ":" in host else host
     base_url = f"http://{shown}:{port}"
-    sys.stdout.write(
-        f"sevpipe listening on {base_url} (data dir {settings.data_dir})\n"
-        f"Alertmanager webhook URL: {base_url}/api/v1/alerts\n"
-        f"Incidents: {base_url}/api/v1/incidents\n"
-        f"Try it:\n  {curl_example(base_url, settings)}\n"
+    where = (
+        describe(settings)
+        if settings.kafka_bootstrap or settings.postgres_dsn
+        else (f"data dir {settings.data_dir}")
     )
+    lines = [f"sevpipe listening on {base_url} ({where})"]
+    if "ingest" in roles:
+        lines += [
+            f"Alertmanager webhook URL: {base_url}/api/v1/alerts",
+            f"Incidents: {base_url}/api/v1/incidents",
+            f"Try it:\n  {curl_example(base_url, settings)}",
+        ]
+    else:
+        lines.append(f"Metrics: {base_url}/metrics")
+    sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
 
 
@@ -160,16 +178,21 @@ async def _finish(task: asyncio.Task[None], deadline: float) -> None:
         log.exception("classifier failed")
 
 
-async def _wait_for_signal_or(task: asyncio.Task[None]) -> None:
+async def _wait_for_signal_or(task: asyncio.Task[None] | None) -> bool:
+    """Wait for SIGINT/SIGTERM, or for the stage to end by itself; True if it failed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done() and not task.cancelled() and task.exception() is not None:
+        await asyncio.wait(
+            {waiter} | ({task} if task else set()), return_when=asyncio.FIRST_COMPLETED
+        )
+        if task is not None and task.done() and not task.cancelled() and task.exception():
             log.error("classifier stage died; stopping", exc_info=task.exception())
+            return True
+        return False
     finally:
         waiter.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     fsync: Literal["full", "normal"] = Field(
         "full", description="full: a 200 survives power loss; normal: survives a process crash"
     )
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port[,host:port]; set to use Apache Kafka as the event log"
+    )
+    kafka_partitions: int = Field(3, ge=1, description="partitions of topics sevpipe creates")
+    kafka_replication: int = Field(1, ge=1, description="replication of topics sevpipe creates")
+    postgres_dsn: SecretStr | None = Field(
+        None, description="postgresql://...; set to keep incident state in PostgreSQL"
+    )
+    redis_url: str | None = Field(None, description="redis://...; locks and rate limits")
     policy_file: Path | None = Field(
         None, description="severity policy YAML; default: the runbook's table (sevpipe policy show)"
     )
