@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from services import Services, services  # noqa: F401 - the session fixture for real services
 
 from eventlog import EmbeddedLog
-from services import Services, services  # noqa: F401 - the session fixture for real services
 
 # The property tests drive a real HTTP server and SQLite file: no per-example deadline
 # (a fsync is not a bug), and one app per test shared by its examples on purpose.
