@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         )
         if password is not None and self.basic_auth_username is None:
             raise SettingsError("basic_auth_username: required when a basic auth password is set")
+        if self.basic_auth_username is not None and not password:
+            # A user name alone would let anyone in who guesses it: no protection at all.
+            raise SettingsError(
+                "basic_auth_password: required when basic_auth_username is set"
+                " (or basic_auth_password_file)"
+            )
         return Credentials(
             bearer_token=token or None,
             basic_username=self.basic_auth_username,

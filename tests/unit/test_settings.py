@@ -244,3 +244,10 @@ def test_loopback_needs_no_credentials(host: str) -> None:
 )
 def test_not_loopback(host: str) -> None:
     assert not is_loopback(host)
+
+
+def test_basic_auth_user_without_password_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEVPIPE_BASIC_AUTH_USERNAME", "alertmanager")
+    settings = load_settings()
+    with pytest.raises(SettingsError, match="basic_auth_password: required"):
+        settings.credentials()
