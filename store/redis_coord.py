@@ -1,0 +1,158 @@
+"""The Redis coordinator: locks, cooldowns and rate limits shared by every replica.
+
+Each decision is one atomic command or Lua script, so replicas never interleave inside one.
+Time comes from the Redis server (key expiry, ``TIME``), so the replicas' clocks do not have
+to agree.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.retry import Retry
+
+from store.base import StoreError, StoreUnavailable
+from store.coordination import LockToken, RateDecision
+
+# Compare-and-delete / compare-and-expire: only the holder's token may end or extend a lock.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# A cooldown is only ever lengthened (PTTL is -2 without a key).
+_COOLDOWN = """
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then redis.call('SET', KEYS[1], '1', 'PX', ms) end
+return 0
+"""
+# Sliding window log: a sorted set of the allowed calls scored by server time in
+# microseconds (exact in Lua's doubles). Returns {allowed, remaining, retry_after_us}.
+_RATE = """
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], math.ceil(period / 1000))
+    return {1, limit - count - 1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if oldest[2] == nil then return {0, 0, period} end
+return {0, 0, tonumber(oldest[2]) + period - now}
+"""
+
+
+def _ms(seconds: float) -> int:
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, not {seconds}")
+    return max(1, math.ceil(seconds * 1000))
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+class RedisCoordinator:
+    def __init__(self, url: str, *, prefix: str = "sevpipe:", timeout: float = 2.0) -> None:
+        self._url = url  # may hold a password: never logged
+        self._prefix = prefix
+        self._timeout = timeout
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    async def __aenter__(self) -> RedisCoordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect and check that Redis answers; ``StoreUnavailable`` if it does not."""
+        if self._client is not None:
+            return
+        client = aioredis.Redis.from_url(
+            self._url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # One quick retry covers a pooled connection that died with a Redis restart;
+            # longer outages are the caller's to back off from.
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        )
+        try:
+            with _translated():
+                await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        # EVALSHA with a fallback to loading the script: a restarted Redis has lost its cache.
+        self._scripts = {
+            s: client.register_script(s) for s in (_RELEASE, _EXTEND, _COOLDOWN, _RATE)
+        }
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreUnavailable("coordinator is closed")
+        return self._client
+
+    async def _script(self, script: str, key: str, *args: str | int) -> Any:
+        self._redis()  # closed -> StoreUnavailable
+        with _translated():
+            return await self._scripts[script](keys=[self._prefix + key], args=list(args))
+
+    async def acquire_lock(self, name: str, ttl: float) -> LockToken | None:
+        token = secrets.token_hex(16)
+        client = self._redis()
+        with _translated():
+            ok = await client.set(self._prefix + "lock:" + name, token, nx=True, px=_ms(ttl))
+        return LockToken(name, token) if ok else None
+
+    async def extend_lock(self, token: LockToken, ttl: float) -> bool:
+        return bool(await self._script(_EXTEND, "lock:" + token.name, token.token, _ms(ttl)))
+
+    async def release_lock(self, token: LockToken) -> bool:
+        return bool(await self._script(_RELEASE, "lock:" + token.name, token.token))
+
+    async def start_cooldown(self, key: str, seconds: float) -> None:
+        if seconds > 0:
+            await self._script(_COOLDOWN, "cooldown:" + key, _ms(seconds))
+
+    async def cooldown_remaining(self, key: str) -> float:
+        client = self._redis()
+        with _translated():
+            left = await client.pttl(self._prefix + "cooldown:" + key)
+        return max(int(left), 0) / 1000
+
+    async def rate_limit(self, key: str, limit: int, period: float) -> RateDecision:
+        period_us = _ms(period) * 1000
+        allowed, remaining, wait_us = await self._script(
+            _RATE, "rate:" + key, limit, period_us, secrets.token_hex(8)
+        )
+        return RateDecision(bool(allowed), int(remaining), int(wait_us) / 1_000_000)
