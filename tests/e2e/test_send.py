@@ -102,9 +102,9 @@ def test_send_invalid_body_prints_the_400_naming_the_field(
     assert answer["field"] == "alerts"
 
 
-def test_send_missing_file_fails_with_one_line(tmp_path: Path) -> None:
+def test_send_missing_file_fails_with_one_line(token_server: Server, tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
-    done = sevpipe("send", str(missing), "--url", "http://127.0.0.1:9/api/v1/alerts")
+    done = sevpipe("send", str(missing), "--url", token_server.alerts_url, "--token", TOKEN)
     assert done.returncode != 0
     assert done.stderr == f"sevpipe: cannot read {missing}: No such file or directory\n"
 
