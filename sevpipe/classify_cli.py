@@ -13,14 +13,14 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from classifier.backtest import BacktestReport, backtest
-from classifier.policy import PolicyError, default_policy, load_policy, policy_yaml
+from classifier.policy import Policy, PolicyError, default_policy, load_policy, policy_yaml
 from classifier.rebuild import rebuild_store
 from eventlog import EmbeddedLog
 from schemas.yamlfile import ConfigFileError
 from sevpipe.settings import Settings, SettingsError, load_settings
 from store import EmbeddedStore
 
-POLICY_KEYS = frozenset({"inputs", "impacts", "rules", "unmatched", "fallback"})
+POLICY_KEYS = frozenset(Policy.model_fields)  # group_by, reopen_window, ... make a policy too
 
 
 def show_policy(settings: Settings, out: TextIO) -> None:
