@@ -32,13 +32,14 @@ from incident_support import (
 )
 
 from classifier.backtest import backtest
-from classifier.lifecycle import AlertInput, set_severity
+from classifier.lifecycle import AlertInput, Change, set_severity
 from classifier.outbox import relay_outbox
 from classifier.policy import default_policy, load_policy
 from classifier.rebuild import rebuild_store
 from classifier.stage import CONSUMER_GROUP, decide, incident_key
 from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData, Envelope
-from store import EmbeddedStore, IncidentWrite, OutboxEvent
+from schemas.incidents import Incident
+from store import EmbeddedStore, GroupState, IncidentWrite, OutboxEvent
 
 GK_CHECKOUT = '{}:{service="checkout"}'
 GK_SEARCH = '{}:{service="search"}'
@@ -366,6 +367,10 @@ async def _history(b: Backends) -> str:
     return old.id
 
 
+def _stray_event(stray: Incident) -> Envelope:
+    return Change("01JSTRAY" + "0" * 18, "incident.opened", stray, "stray", None).envelope()
+
+
 async def test_rebuild_reproduces_the_same_incidents_and_timelines(tmp_path: Path) -> None:
     async with open_backends(tmp_path) as b:
         old_search = await _history(b)
@@ -374,10 +379,22 @@ async def test_rebuild_reproduces_the_same_incidents_and_timelines(tmp_path: Pat
         assert len(before) == 3
         assert before[old_search][0].severity_source == "manual"
 
+        # Something the log never heard of (say, a store restored from an old backup).
+        stray = event_incident((await incident_events(b.log))[0]).model_copy(
+            update={"id": "inc-stray", "key": "stray-key"}
+        )
+        await b.store.save(
+            [GroupState("stray-key", 0, stray)],
+            [IncidentWrite(stray, 0)],
+            [OutboxEvent(TOPIC_INCIDENTS, stray.id, _stray_event(stray))],
+        )
+        await b.store.mark_relayed([s.seq for s in await b.store.unrelayed()])
+
         count = await rebuild_store(b.store, b.log)
 
         assert count == len(await incident_events(b.log))
         assert await snapshot(b.store) == before
+        assert (await b.store.load_groups(["stray-key"]))["stray-key"] == GroupState("stray-key")
         groups_after = await b.store.load_groups([GK_CHECKOUT, GK_SEARCH])
         for key in (GK_CHECKOUT, GK_SEARCH):
             assert groups_after[key].incident == groups_before[key].incident

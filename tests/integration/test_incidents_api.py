@@ -367,6 +367,29 @@ async def test_a_change_racing_the_classifier_loses_neither_update(api: Api) -> 
     assert [event_incident(e).version for e in events] == [1, 2, 3]
 
 
+async def test_a_classifier_save_racing_the_change_loses_neither_update(api: Api) -> None:
+    await api.post_alerts(GK["billing"], alert_json("b1", service="billing", impact="minor"))
+    [inc] = await api.incidents()
+
+    async def classifier_first() -> None:
+        await api.post_alerts(GK["billing"], alert_json("b2", service="billing", impact="minor"))
+
+    # The API has read the incident and decided; the classifier's save lands before its own.
+    api.store.before_next_save = classifier_first
+    status, body = await api.post_severity(
+        inc["id"], {"severity": "SEV-1", "reason": "VIP customer", "actor": "dave"}
+    )
+
+    assert status == 200, body
+    assert api.store.before_next_save is None
+    assert [a["fingerprint"] for a in body["alerts"]] == ["b1", "b2"]
+    assert (body["severity"], body["severity_source"], body["version"]) == ("SEV-1", "manual", 3)
+    assert await api.incidents() == [body]
+    events = await incident_events(api.log)
+    assert [e.type for e in events] == ["incident.opened", "incident.updated", "incident.escalated"]
+    assert [event_incident(e).version for e in events] == [1, 2, 3]
+
+
 # -- credentials ------------------------------------------------------------------------------
 
 
