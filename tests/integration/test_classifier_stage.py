@@ -137,7 +137,9 @@ async def test_policy_group_by_labels_joins_group_keys_into_one_incident(
         assert [a.fingerprint for a in keyed['{service="search"}'][0].alerts] == ["f3"]
 
 
-async def test_a_malformed_alert_event_is_skipped_not_a_wedge(tmp_path: Path) -> None:
+async def test_a_malformed_alert_event_is_skipped_by_the_stage_and_the_backtest(
+    tmp_path: Path,
+) -> None:
     async with open_backends(tmp_path) as b:
         stage = new_stage(b.log, b.store)
         sub = b.log.subscribe([TOPIC_ALERTS], CONSUMER_GROUP)
@@ -152,7 +154,12 @@ async def test_a_malformed_alert_event_is_skipped_not_a_wedge(tmp_path: Path) ->
         await b.log.append(TOPIC_ALERTS, [bad])
         await append_webhook(b.log, webhook(GK_CHECKOUT, alert_json("fa", service="checkout")))
         assert await drain(stage, sub) == 2
-        assert [i.key for i in await all_incidents(b.store)] == [GK_CHECKOUT]
+        [inc] = await all_incidents(b.store)
+        assert inc.key == GK_CHECKOUT
+
+        # The backtest skips it too, and sees the same history as the live stage.
+        report = await backtest(b.log, default_policy(), default_policy())
+        assert (report.alerts, report.incidents, report.changed) == (1, 1, [])
 
 
 async def test_the_running_stage_is_woken_by_appends(tmp_path: Path) -> None:
