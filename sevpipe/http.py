@@ -26,6 +26,10 @@ async def never_500(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
     except web.HTTPException:
         raise
+    except ConnectionError as exc:
+        # The client hung up (mid-body, say): nobody is left to answer; not our bug.
+        log.info("client went away during %s %s: %s", request.method, request.path, exc)
+        raise
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return web.Response(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -91,10 +92,11 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
         await runner.setup()
         failed = False
         try:
-            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-            await site.start()
-            _announce(runner, settings, roles)
-            failed = await _wait_for_signal_or(stage_task)
+            with _signals() as signalled:
+                site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+                await site.start()
+                _announce(runner, settings, roles)
+                failed = await _wait_for_signal_or(signalled, stage_task)
             log.info("shutting down: draining in-flight work")
             await in_flight.drain(runner, settings.shutdown_timeout)
         finally:
@@ -178,22 +180,30 @@ async def _finish(task: asyncio.Task[None], deadline: float) -> None:
         log.exception("classifier failed")
 
 
-async def _wait_for_signal_or(task: asyncio.Task[None] | None) -> bool:
-    """Wait for SIGINT/SIGTERM, or for the stage to end by itself; True if it failed."""
+@contextlib.contextmanager
+def _signals() -> Iterator[asyncio.Event]:
+    """SIGINT/SIGTERM set the event; installed before the banner, so no signal is missed."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    waiter = asyncio.create_task(stop.wait())
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _wait_for_signal_or(signalled: asyncio.Event, task: asyncio.Task[None] | None) -> bool:
+    """Wait for a signal, or for the stage to end by itself; True if it failed."""
+    waiter = asyncio.create_task(signalled.wait())
     try:
         await asyncio.wait(
             {waiter} | ({task} if task else set()), return_when=asyncio.FIRST_COMPLETED
         )
-        if task is not None and task.done() and not task.cancelled() and task.exception():
-            log.error("classifier stage died; stopping", exc_info=task.exception())
-            return True
-        return False
     finally:
         waiter.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    if task is not None and task.done() and not task.cancelled() and task.exception():
+        log.error("classifier stage died; stopping", exc_info=task.exception())
+        return True
+    return False
