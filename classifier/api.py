@@ -67,7 +67,9 @@ def _query(request: web.Request) -> IncidentQuery:
     since = None
     if "since" in q:
         try:
-            since = datetime.fromisoformat(q["since"].replace("Z", "+00:00"))
+            # A raw "+" in a query string arrives as a space ("...12:00:00 02:00").
+            raw = q["since"].strip().replace(" ", "+")
+            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError("since: must be an ISO 8601 time") from None
         since = since if since.tzinfo else since.replace(tzinfo=UTC)

@@ -121,6 +121,8 @@ class EmbeddedStore:
             return await asyncio.get_running_loop().run_in_executor(self._pool, call)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+        except RuntimeError as exc:  # the pool was shut down: the store is closed
+            raise StoreUnavailable(f"store {self.path} is closed") from exc
 
     async def start(self) -> None:
         try:

@@ -425,3 +425,11 @@ async def test_with_credentials_configured_every_route_wants_them(tmp_path: Path
         assert body["reasons"] == ["set by api: y"]
         actors = [e.data["actor"] for e in await incident_events(api.log)][len(log_before) :]
         assert actors == ["erin", "api"]
+
+
+async def test_since_with_a_raw_plus_in_the_query_string(api: Api) -> None:
+    """``?since=...+02:00`` typed into curl arrives with the "+" decoded as a space."""
+    await three_incidents(api)
+    status, body = await api.get("/api/v1/incidents?since=2026-03-01T14:02:00+02:00")
+    assert status == 200, body
+    assert names(body["incidents"]) == ["search", "billing"]
