@@ -8,9 +8,11 @@ An append returns only after its transaction is committed, so a 200 means "on di
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = tuple[str, str, str, int, str | None, bytes]  # key, id, type, time_ms, dedup_key, envelope
 PAGE = 1000
+MAX_ROWS_PER_STATEMENT = 512
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -75,6 +78,34 @@ def _to_row(event: Envelope, dedup_key: str | None) -> Row:
     )
 
 
+def _pieces(n: int, largest: int) -> Iterator[tuple[int, int]]:
+    """(start, size) pieces of ``n`` items, sizes powers of two up to ``largest``.
+
+    Few pieces per batch, and few distinct statements for SQLite's statement cache.
+    """
+    start = 0
+    size = 1 << (max(largest, 1).bit_length() - 1)
+    while start < n:
+        while size > n - start:
+            size >>= 1
+        yield start, size
+        start += size
+
+
+_INSERT = "INSERT INTO events (topic, key, id, type, time_ms, dedup_key, envelope) VALUES "
+_EXISTING = "SELECT dedup_key FROM events WHERE topic = ? AND dedup_key IN "
+
+
+@functools.cache
+def _insert_sql(rows: int) -> str:
+    return _INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+@functools.cache
+def _existing_sql(keys: int) -> str:
+    return _EXISTING + "(" + ", ".join("?" * keys) + ")"
+
+
 def _to_record(row: tuple[int, str, str, bytes]) -> Record:
     seq, topic, key, blob = row
     return Record(topic, 0, seq, key, raw=blob)
@@ -98,6 +129,7 @@ class EmbeddedLog:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-log-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-log-reader")
         self._wconn: sqlite3.Connection | None = None
+        self._max_rows = self._max_keys = 1
         self._rconn: sqlite3.Connection | None = None
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -132,6 +164,9 @@ class EmbeddedLog:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
         conn.executescript(_SCHEMA)
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
+        self._max_rows = min(MAX_ROWS_PER_STATEMENT, limit // 7)
+        self._max_keys = min(MAX_ROWS_PER_STATEMENT, limit - 1)
         self._wconn = conn
 
     def _open_reader(self) -> None:
@@ -207,37 +242,72 @@ class EmbeddedLog:
     def _write(self, batch: list[_Pending]) -> list[AppendResult]:
         conn = self._wconn
         assert conn is not None, "log not started"  # noqa: S101
-        results: list[AppendResult] = []
+        offsets: list[int | None] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for pending in batch:
-                results.append(AppendResult(tuple(self._insert(conn, pending.topic, pending.rows))))
+            # Consecutive callers of one topic go in together, in the callers' order.
+            for topic, run in itertools.groupby(batch, key=lambda p: p.topic):
+                offsets += self._insert(conn, topic, [row for p in run for row in p.rows])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        results: list[AppendResult] = []
+        start = 0
+        for pending in batch:
+            end = start + len(pending.rows)
+            results.append(AppendResult(tuple(offsets[start:end])))
+            start = end
         return results
 
-    @staticmethod
-    def _insert(conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int | None]:
-        offsets: list[int | None] = []
-        for key, event_id, type_, time_ms, dedup_key, blob in rows:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO events (topic, key, id, type, time_ms, dedup_key, envelope)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (topic, key, event_id, type_, time_ms, dedup_key, blob),
-            )
-            if cur.rowcount == 1:
-                offsets.append(cur.lastrowid)
-                continue
-            offsets.append(None)
-            conn.execute(
+    def _insert(self, conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int | None]:
+        """Insert the rows whose dedup key is new, count the others as repeats.
+
+        Few statements per batch, whatever its size: every statement releases and retakes
+        the GIL, and each retake can wait for the event loop's thread.
+        """
+        seen = self._existing(conn, topic, [r[4] for r in rows if r[4] is not None])
+        fresh: list[Row] = []
+        repeats: list[tuple[str, str | None, int]] = []
+        is_fresh: list[bool] = []
+        for row in rows:
+            dedup_key = row[4]
+            if dedup_key is not None:
+                if dedup_key in seen:
+                    repeats.append((topic, dedup_key, row[3]))
+                    is_fresh.append(False)
+                    continue
+                seen.add(dedup_key)
+            fresh.append(row)
+            is_fresh.append(True)
+        seqs = iter(self._insert_fresh(conn, topic, fresh))
+        if repeats:
+            conn.executemany(
                 "INSERT INTO repeats (topic, dedup_key, count, last_ms) VALUES (?, ?, 1, ?)"
                 " ON CONFLICT (topic, dedup_key) DO UPDATE"
                 " SET count = count + 1, last_ms = excluded.last_ms",
-                (topic, dedup_key, time_ms),
+                repeats,
             )
-        return offsets
+        return [next(seqs) if new else None for new in is_fresh]
+
+    def _existing(self, conn: sqlite3.Connection, topic: str, keys: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start, size in _pieces(len(keys), self._max_keys):
+            sql = _existing_sql(size)
+            found.update(k for (k,) in conn.execute(sql, (topic, *keys[start : start + size])))
+        return found
+
+    def _insert_fresh(self, conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int]:
+        seqs: list[int] = []
+        for start, size in _pieces(len(rows), self._max_rows):
+            args = [v for row in rows[start : start + size] for v in (topic, *row)]
+            cur = conn.execute(_insert_sql(size), args)
+            last = cur.lastrowid
+            if cur.rowcount != size or last is None:
+                raise sqlite3.IntegrityError(f"inserted {cur.rowcount} of {size} rows")
+            # One statement under the write lock: AUTOINCREMENT gives consecutive seqs.
+            seqs.extend(range(last - size + 1, last + 1))
+        return seqs
 
     async def ping(self) -> None:
         if self._closed or self._wconn is None:
