@@ -17,7 +17,6 @@ import random
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +70,9 @@ async def fill_log(path: Path, alerts: int, groups: int) -> None:
             }
             webhook = Webhook.model_validate(body)
             for data in normalise(webhook, webhook.incident_group_key(), start):
-                env = Envelope.new(event_type_for(data.status), "/bench", data.group.group_key, data)
+                env = Envelope.new(
+                    event_type_for(data.status), "/bench", data.group.group_key, data
+                )
                 batch.append(env)
             if len(batch) >= 5000:
                 await log.append(TOPIC_ALERTS, batch)
@@ -140,47 +141,66 @@ async def _post_steady(url: str, rate: float, seconds: float) -> dict[str, float
     return acked
 
 
-async def _watch_incidents(db: Path, until: asyncio.Event, seen: dict[str, float]) -> None:
+async def _watch_incidents(
+    db: Path, acked: dict[str, float], posted: asyncio.Event, caught_up: asyncio.Event
+) -> dict[str, float]:
     """Poll the log from this process (the embedded log wakes only in-process readers)."""
+    seen: dict[str, float] = {}
     async with EmbeddedLog(db, create=False) as log:
         offset = 1
-        while not until.is_set():
+        while not caught_up.is_set():
             async for record in log.read([TOPIC_INCIDENTS], from_offset=offset):
                 offset = record.offset + 1
                 if record.envelope.type == "incident.opened":
                     key = record.envelope.data["incident"]["key"]
                     seen.setdefault(key, time.time())
+            if posted.is_set() and not set(acked) - set(seen):
+                caught_up.set()
             await asyncio.sleep(0.001)
+    return seen
+
+
+async def _start_server(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sevpipe",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    while True:
+        line = (await proc.stdout.readline()).decode()
+        if not line:
+            raise RuntimeError("sevpipe run exited before listening")
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            return proc, match.group(1) + "/api/v1/alerts"
 
 
 async def latency(rate: float, seconds: float, workdir: Path) -> list[float]:
     data_dir = workdir / "latency"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sevpipe", "run", "--data-dir", str(data_dir), "--port", "0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc, url = await _start_server(data_dir)
     try:
-        assert proc.stdout is not None
-        match = None
-        while match is None:
-            line = proc.stdout.readline()
-            if not line:
-                raise RuntimeError("sevpipe run exited before listening")
-            match = re.search(r"listening on (http://\S+)", line)
-        url = match.group(1) + "/api/v1/alerts"
-        seen: dict[str, float] = {}
-        done = asyncio.Event()
-        watcher = asyncio.create_task(_watch_incidents(data_dir / "events.db", done, seen))
-        acked = await _post_steady(url, rate, seconds)
-        deadline = time.time() + 10
-        while len(set(acked) - set(seen)) and time.time() < deadline:
-            await asyncio.sleep(0.05)
-        done.set()
-        await watcher
+        acked: dict[str, float] = {}
+        posted, caught_up = asyncio.Event(), asyncio.Event()
+        watcher = asyncio.create_task(
+            _watch_incidents(data_dir / "events.db", acked, posted, caught_up)
+        )
+        acked.update(await _post_steady(url, rate, seconds))
+        posted.set()
+        try:
+            await asyncio.wait_for(caught_up.wait(), 10)
+        except TimeoutError:
+            caught_up.set()
+        seen = await watcher
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        await proc.wait()
     missing = len(set(acked) - set(seen))
     if missing:
         print(f"warning: {missing} acknowledged groups had no incident.opened within 10 s")
@@ -206,7 +226,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
         await fill_log(db, args.alerts, args.groups)
         read_rate, classify_rate, incidents = await throughput(db)
         print(f"baseline  read+parse only        {read_rate:>10,.0f} alerts/s")
-        print(f"backtest  read+classify+lifecycle {classify_rate:>9,.0f} alerts/s ({incidents:,} incidents)")
+        print(
+            f"backtest  read+classify+lifecycle {classify_rate:>9,.0f} alerts/s"
+            f" ({incidents:,} incidents)"
+        )
         print(f"ratio     backtest/baseline       {classify_rate / read_rate:>10.2f}")
         lat = await latency(args.rate, args.seconds, workdir)
         if lat:

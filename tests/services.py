@@ -29,7 +29,9 @@ class Services:
     redis_url: str
 
     def env(self) -> dict[str, str]:
-        return dict(zip(VARS, (self.kafka_bootstrap, self.postgres_dsn, self.redis_url), strict=True))
+        return dict(
+            zip(VARS, (self.kafka_bootstrap, self.postgres_dsn, self.redis_url), strict=True)
+        )
 
 
 def _start() -> dict[str, str]:
@@ -53,12 +55,20 @@ def _start() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
     values = {name: os.environ.get(name, "") for name in VARS}
-    if not all(values.values()):
+    started = not all(values.values())
+    if started:
         values.update(_start())
     missing = [name for name in VARS if not values.get(name)]
     if missing:
         pytest.fail(f"services not available: {', '.join(missing)}", pytrace=False)
     yield Services(*(values[name] for name in VARS))
+    if started:  # leave running only what the caller had started
+        subprocess.run(
+            [str(ROOT / "scripts" / "test-services"), "down"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
 
 
 def unique_name(prefix: str) -> str:
