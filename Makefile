@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make run    install into .venv and start sevpipe on the embedded default
-#   make test   install what the tests need and run lint, types and the whole suite
+#   make test   install what the tests need (Python packages; Kafka, PostgreSQL, Redis via
+#               scripts/test-services), start the services, run lint, types and the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -31,7 +32,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-dev
-	$(BIN)/pytest -q $(ARGS)
+	scripts/with-services $(BIN)/pytest -q $(ARGS)
 
 test: lint typecheck pytest
 
