@@ -29,6 +29,7 @@ def make_eventlog(settings: Settings) -> EventLog:
             client_id="sevpipe",
             partitions=settings.kafka_partitions,
             replication=settings.kafka_replication,
+            topic_prefix=settings.kafka_topic_prefix,
         )
     return EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync)
 

@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
 from classifier.api import IncidentsApi
-from classifier.stage import ClassifierMetrics, ClassifierStage
+from classifier.stage import CONSUMER_GROUP, ClassifierMetrics, ClassifierStage
 from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
 from sevpipe.backends import describe, open_eventlog, open_store
 from sevpipe.http import build_app
@@ -83,7 +83,13 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
         stop = asyncio.Event()
         stage_task: asyncio.Task[None] | None = None
         if policy is not None:
-            stage = ClassifierStage(eventlog, store, policy, ClassifierMetrics(registry))
+            stage = ClassifierStage(
+                eventlog,
+                store,
+                policy,
+                ClassifierMetrics(registry),
+                group=settings.consumer_group_prefix + CONSUMER_GROUP,
+            )
             stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
         app = build_app(routes, eventlog, registry, settings.max_body_bytes)
         in_flight = InFlight()

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="host:port[,host:port]; set to use Apache Kafka as the event log"
     )
+    kafka_topic_prefix: str = Field(
+        "",
+        description="prefix of topics and consumer groups (several installs on one cluster)",
+    )
     kafka_partitions: int = Field(3, ge=1, description="partitions of topics sevpipe creates")
     kafka_replication: int = Field(1, ge=1, description="replication of topics sevpipe creates")
     postgres_dsn: SecretStr | None = Field(
@@ -108,6 +112,10 @@ class Settings(BaseSettings):
     @property
     def eventlog_path(self) -> Path:
         return self.data_dir / "events.db"
+
+    @property
+    def consumer_group_prefix(self) -> str:
+        return self.kafka_topic_prefix if self.kafka_bootstrap else ""
 
     @property
     def store_path(self) -> Path:
