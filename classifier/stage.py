@@ -156,6 +156,12 @@ class ClassifierStage:
         self.batch_size = batch_size
         self.max_backoff = max_backoff
         self._next_expiry_scan = 0.0
+        self._sub: Subscription | None = None
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition): how many offsets the stage is behind the log's end."""
+        lag = getattr(self._sub, "lag", None)
+        return dict(lag()) if callable(lag) else {}
 
     async def process(self, records: Sequence[Record]) -> Decided:
         """Decide, store and relay one batch; retried on conflicts."""
@@ -214,6 +220,7 @@ class ClassifierStage:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; outages of the log or store are waited out."""
         sub = self.log.subscribe([TOPIC_ALERTS], self.group)
+        self._sub = sub
         try:
             await self._consume(sub, stop)
         except _Stopped:

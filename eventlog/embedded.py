@@ -135,6 +135,8 @@ class EmbeddedLog:
         self._flusher: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._closed = False
+        self.last_offset = 0
+        """The highest offset in the log as this process knows it (for consumer lag)."""
 
     async def __aenter__(self) -> EmbeddedLog:
         await self.start()
@@ -167,6 +169,7 @@ class EmbeddedLog:
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
         self._max_rows = min(MAX_ROWS_PER_STATEMENT, limit // 7)
         self._max_keys = min(MAX_ROWS_PER_STATEMENT, limit - 1)
+        self.last_offset = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self._wconn = conn
 
     def _open_reader(self) -> None:
@@ -234,6 +237,7 @@ class EmbeddedLog:
                         p.future.set_exception(error)
                 continue
             for p, result in zip(batch, results, strict=True):
+                self.last_offset = max([self.last_offset, *(o or 0 for o in result.offsets)])
                 if not p.future.done():
                     p.future.set_result(result)
             self._wakeup.set()
@@ -444,6 +448,13 @@ class EmbeddedSubscription:
         except sqlite3.Error as exc:
             raise LogUnavailable(f"offset commit failed: {exc}") from exc
         self._committed = position
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Offsets between this consumer and the end of the log (offsets are log-wide here,
+        so other topics' events count too: an upper bound)."""
+        if self._position is None:
+            return {}
+        return {(",".join(self._topics), 0): max(0, self._log.last_offset - self._position)}
 
     async def close(self) -> None:
         self._position = None

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from eventlog import EventLog, EventLogError
 
@@ -89,3 +92,21 @@ def build_app(
         ]
     )
     return app
+
+
+class ConsumerLagCollector(Collector):
+    """``sevpipe_consumer_lag`` read from a stage's subscription at scrape time."""
+
+    def __init__(self, group: str, lag: Callable[[], dict[tuple[str, int], int]]) -> None:
+        self.group = group
+        self._lag = lag
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "sevpipe_consumer_lag",
+            "Offsets between a consumer group and the end of the log, per partition",
+            labels=["group", "topic", "partition"],
+        )
+        for (topic, partition), lag in sorted(self._lag().items()):
+            gauge.add_metric([self.group, topic, str(partition)], lag)
+        yield gauge

@@ -17,7 +17,7 @@ from classifier.api import IncidentsApi
 from classifier.stage import CONSUMER_GROUP, ClassifierMetrics, ClassifierStage
 from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
 from sevpipe.backends import describe, open_eventlog, open_store
-from sevpipe.http import build_app
+from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 ClassifierMetrics(registry),
                 group=settings.consumer_group_prefix + CONSUMER_GROUP,
             )
+            registry.register(ConsumerLagCollector(stage.group, stage.lag))
             stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
         app = build_app(routes, eventlog, registry, settings.max_body_bytes)
         in_flight = InFlight()
