@@ -229,7 +229,7 @@ class EmbeddedLog:
             batch, self._pending = self._pending, []
             try:
                 results = await self._in_writer(lambda b=batch: self._write(b))  # type: ignore[misc]
-            except sqlite3.Error as exc:
+            except Exception as exc:  # noqa: BLE001 - every waiting caller must get an answer
                 log.warning("event log append failed (%d callers): %s", len(batch), exc)
                 error = LogUnavailable(f"event log append failed: {exc}")
                 for p in batch:
