@@ -1,0 +1,348 @@
+"""The event log on Apache Kafka (aiokafka): the production backend.
+
+Envelopes travel in CloudEvents' Kafka binary mode: the attributes as ``ce_*`` headers, ``data``
+as the JSON value, ``subject`` as the key, so all events of one key land in one partition, in
+order. The embedded log defines the semantics; where Kafka differs:
+
+- ``Record.offset`` (and ``AppendResult.offsets``) count within the record's partition, and
+  ``read(from_offset=n)`` starts every partition of every topic read at offset ``n``.
+- ``dedup_keys`` cannot be enforced by Kafka. Keys appended by this process are remembered
+  (the last ``DEDUP_WINDOW`` per topic) and repeats within that window are skipped; across
+  processes and restarts duplicates reach the log, and consumers stay idempotent (DESIGN,
+  delivery semantics).
+- An append that fails (``LogUnavailable`` within ``request_timeout`` s) may still have
+  written some or all of its events; the caller's retry then appends them again.
+- Records carry their append time as Kafka timestamp (the broker would refuse an event time
+  far in the future, and retention would drop old ones early). ``read`` merges partitions by
+  that timestamp; ``since``/``until`` compare the events' own ``time``, as the embedded log
+  does. Seeking to ``since`` assumes an event was made no later than it was appended; a
+  partition is read up to ``UNTIL_GRACE`` past ``until``, so an event appended later than
+  that after it was made (an outbox relayed after a long outage) is missed when ``until``
+  is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from eventlog.base import AppendResult, EventLogError, LogClosed, LogUnavailable, Record
+from eventlog.kafka_codec import KAFKA_ERRORS, headers, mapped, quietly, value
+from eventlog.kafka_consumer import UNTIL_GRACE, KafkaSubscription, Replay
+from schemas import TOPICS, Envelope
+
+__all__ = ["DEDUP_WINDOW", "UNTIL_GRACE", "KafkaLog", "KafkaSubscription"]
+
+log = logging.getLogger(__name__)
+
+DEDUP_WINDOW = 100_000  # dedup keys remembered per topic
+
+
+class KafkaLog:
+    """The EventLog protocol over a Kafka cluster; one producer and one admin client."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "sevpipe",
+        partitions: int = 3,
+        replication: int = 1,
+        request_timeout: float = 5.0,
+        topic_prefix: str = "",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.client_id = client_id
+        self.partitions = partitions
+        self.replication = replication
+        self.request_timeout = request_timeout
+        self.topic_prefix = topic_prefix
+        self._admin: AIOKafkaAdminClient | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._ready_topics: set[str] = set()
+        self._seen: dict[str, OrderedDict[str, None]] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._subscriptions: set[KafkaSubscription] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> KafkaLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def _timeout_ms(self) -> int:
+        return int(self.request_timeout * 1000)
+
+    def _client_args(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "request_timeout_ms": self._timeout_ms,
+        }
+
+    def _name(self, topic: str) -> str:
+        return self.topic_prefix + topic
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, and create sevpipe's topics where missing."""
+        if self._closed:
+            raise LogClosed("event log is closed")
+        admin = AIOKafkaAdminClient(**self._client_args())
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await admin.start()
+            self._admin = admin
+            async with asyncio.timeout(self.request_timeout):
+                await self._ensure_topics(TOPICS)
+                await self._producer_ready()
+        except BaseException as exc:
+            self._admin = None
+            await quietly(admin.close(), self.request_timeout)
+            if isinstance(exc, KAFKA_ERRORS):
+                raise mapped(exc, f"cannot start on {self.bootstrap}") from exc
+            raise
+
+    async def close(self) -> None:
+        """Close subscriptions and clients. Events an outage left with the producer (their
+        appends failed) get ``2 * request_timeout`` s to be delivered, then are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            await sub.close()
+        if self._producer is not None:
+            self._retire(self._producer)
+        await asyncio.gather(*list(self._retiring), return_exceptions=True)
+        if self._admin is not None:
+            await quietly(self._admin.close(), self.request_timeout)
+
+    async def _ensure_topics(self, topics: Iterable[str]) -> None:
+        missing = [t for t in dict.fromkeys(topics) if t not in self._ready_topics]
+        if not missing:
+            return
+        if self._admin is None:
+            raise LogUnavailable("event log not started")
+        new = [NewTopic(self._name(t), self.partitions, self.replication) for t in missing]
+        response = await self._admin.create_topics(new, timeout_ms=self._timeout_ms)
+        for name, code, *message in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                error = for_code(code)
+                kind = LogUnavailable if error.retriable else EventLogError
+                raise kind(f"kafka: cannot create topic {name}: {error.__name__} {message}")
+        self._ready_topics.update(missing)
+
+    async def _producer_ready(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            if self._producer is not None and _sender_died(self._producer):
+                log.warning("kafka producer failed for good; starting a new one")
+                self._retire(self._producer)
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    **self._client_args(), acks="all", enable_idempotence=True
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    self._retire(producer)
+                    raise
+                self._producer = producer
+            return self._producer
+
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        """Stop a producer in the background (bounded: see ``close``)."""
+        if self._producer is producer:
+            self._producer = None
+        task = asyncio.create_task(quietly(producer.stop(), 2 * self.request_timeout))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    # -- append ----------------------------------------------------------------------------
+
+    async def append(
+        self,
+        topic: str,
+        events: Sequence[Envelope],
+        *,
+        dedup_keys: Sequence[str] | None = None,
+    ) -> AppendResult:
+        if self._closed:
+            raise LogClosed("event log is closed")
+        if dedup_keys is not None and len(dedup_keys) != len(events):
+            raise ValueError("dedup_keys must have one key per event")
+        if not events:
+            return AppendResult(())
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await self._ensure_topics([topic])
+                producer = await self._producer_ready()
+                return await self._append(producer, topic, events, dedup_keys)
+        except KAFKA_ERRORS as exc:
+            # The producer stays: an idempotent producer retries what it holds until the
+            # broker takes it (aiokafka never expires those batches), so it recovers by
+            # itself once the cluster is back; the events of this append may land then too.
+            log.warning("append to %s failed: %s", topic, exc or type(exc).__name__)
+            raise mapped(exc, f"append to {topic}") from exc
+
+    async def _append(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        events: Sequence[Envelope],
+        dedup_keys: Sequence[str] | None,
+    ) -> AppendResult:
+        if dedup_keys is None:
+            metas = await self._send(producer, topic, events)
+            return AppendResult(tuple(m.offset for m in metas))
+        # Another append carrying one of our keys decides whether ours is a repeat: wait
+        # for it (it ends within its own deadline), then look again.
+        while waits := {f for k in dedup_keys if (f := self._inflight.get((topic, k)))}:
+            await asyncio.wait(waits)
+        seen = self._seen.setdefault(topic, OrderedDict())
+        fresh: dict[str, int] = {}  # dedup key -> index of the event that carries it
+        for i, key in enumerate(dedup_keys):
+            if key not in seen and key not in fresh:
+                fresh[key] = i
+        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in fresh:
+            self._inflight[(topic, key)] = claim
+        try:
+            metas = await self._send(producer, topic, [events[i] for i in fresh.values()])
+        finally:
+            for key in fresh:
+                del self._inflight[(topic, key)]
+            claim.set_result(None)
+        for key in fresh:
+            seen[key] = None
+        while len(seen) > DEDUP_WINDOW:
+            seen.popitem(last=False)
+        offsets: list[int | None] = [None] * len(events)
+        for i, meta in zip(fresh.values(), metas, strict=True):
+            offsets[i] = meta.offset
+        return AppendResult(tuple(offsets))
+
+    async def _send(
+        self, producer: AIOKafkaProducer, topic: str, events: Sequence[Envelope]
+    ) -> list[Any]:
+        name = self._name(topic)
+        futures = [
+            await producer.send(name, value(e), key=e.subject.encode(), headers=headers(e))
+            for e in events
+        ]
+        # acks=all: each future resolves once the in-sync replicas have the batch.
+        return list(await asyncio.gather(*futures))
+
+    async def ping(self) -> None:
+        """Raise LogUnavailable unless the cluster answers and every topic has a leader."""
+        if self._closed or self._admin is None:
+            raise LogUnavailable("event log is closed or not started")
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                topics = await self._admin.describe_topics([self._name(t) for t in TOPICS])
+        except KAFKA_ERRORS as exc:
+            raise mapped(exc, "ping") from exc
+        for t in topics:
+            if t["error_code"] != 0:
+                raise LogUnavailable(f"kafka: topic {t['topic']}: error {t['error_code']}")
+            if any(p["leader"] < 0 for p in t["partitions"]):
+                raise LogUnavailable(f"kafka: topic {t['topic']} has a partition without leader")
+
+    # -- consumer groups -------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], group: str) -> KafkaSubscription:
+        sub = KafkaSubscription(self, tuple(topics), group)
+        self._subscriptions.add(sub)
+        return sub
+
+    # -- replay ----------------------------------------------------------------------------
+
+    async def read(
+        self,
+        topics: Sequence[str] | None = None,
+        *,
+        from_offset: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[Record]:
+        """Replay without a group, up to the end offsets seen when it starts.
+
+        ``topics=None`` reads sevpipe's topics and those this log created or appended to.
+        """
+        if self._closed or self._admin is None:
+            raise LogClosed("event log is closed or not started")
+        wanted = list(topics) if topics is not None else sorted(set(TOPICS) | self._ready_topics)
+        since_ms = int(since.timestamp() * 1000) if since else None
+        until_ms = int(until.timestamp() * 1000) if until else None
+        consumer = AIOKafkaConsumer(
+            **self._client_args(), enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await consumer.start()
+                bounds = await self._seek(consumer, wanted, from_offset, since_ms)
+            replay = Replay(consumer, bounds, self.request_timeout, self.topic_prefix)
+            async for record, time_ms in replay.merged(until_ms):
+                if (since_ms is None or time_ms >= since_ms) and (
+                    until_ms is None or time_ms < until_ms
+                ):
+                    yield record
+        except KAFKA_ERRORS as exc:
+            raise mapped(exc, "read") from exc
+        finally:
+            await quietly(consumer.stop(), self.request_timeout)
+
+    async def _seek(
+        self,
+        consumer: AIOKafkaConsumer,
+        topics: Sequence[str],
+        from_offset: int | None,
+        since_ms: int | None,
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        """Assign every partition of ``topics`` and seek; per partition, (start, end)."""
+        assert self._admin is not None  # noqa: S101
+        names = {self._name(t) for t in topics}
+        described = await self._admin.describe_topics(sorted(names))
+        tps = [
+            TopicPartition(t["topic"], p["partition"])
+            for t in described
+            if t["error_code"] == 0 and t["topic"] in names
+            for p in t["partitions"]
+        ]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        first = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = {tp: max(first[tp], from_offset or 0) for tp in tps}
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in tps})
+            for tp, hit in found.items():
+                starts[tp] = max(starts[tp], hit.offset if hit is not None else ends[tp])
+        for tp, start in starts.items():
+            consumer.seek(tp, start)
+        return {tp: (starts[tp], ends[tp]) for tp in tps if starts[tp] < ends[tp]}
+
+
+def _sender_died(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer's background sender has ended (a fatal error, such as an
+    out-of-order sequence after a broker lost data): it then never delivers again.
+
+    aiokafka has no public flag for this; read defensively, so that a change of its
+    internals only loses the replacement, never breaks an append.
+    """
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return isinstance(task, asyncio.Task) and task.done()

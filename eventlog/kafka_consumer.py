@@ -1,0 +1,217 @@
+"""The Kafka log's consumers: a consumer-group subscription, and the group-less replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from eventlog.base import LogClosed, LogUnavailable, Record
+from eventlog.kafka_codec import KAFKA_ERRORS, decode, mapped, quietly
+
+if TYPE_CHECKING:
+    from eventlog.kafka import KafkaLog
+
+# A replay bounded by ``until`` reads each partition this far past it (by append time), for
+# the events appended a while after they were made.
+UNTIL_GRACE = timedelta(hours=1)
+
+
+class Replay:
+    """Merges the partitions of a replay by append time; each partition keeps its order."""
+
+    PAGE = 1000
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        bounds: dict[TopicPartition, tuple[int, int]],
+        stall: float,
+        prefix: str,
+    ) -> None:
+        self._consumer = consumer
+        self._ends = {tp: end for tp, (_, end) in bounds.items()}
+        self._buffers: dict[TopicPartition, deque[Any]] = {tp: deque() for tp in bounds}
+        self._stall = stall
+        self._prefix = prefix
+
+    async def merged(self, until_ms: int | None) -> AsyncIterator[tuple[Record, int]]:
+        stop_ms = until_ms + int(UNTIL_GRACE.total_seconds() * 1000) if until_ms else None
+        buffers = self._buffers
+        while buffers:
+            empty = [tp for tp, buf in buffers.items() if not buf]
+            if empty:
+                await self._fill(empty)
+                continue
+            tp = min(buffers, key=lambda t: (buffers[t][0].timestamp, t.topic, t.partition))
+            msg = buffers[tp].popleft()
+            if stop_ms is not None and msg.timestamp >= stop_ms:
+                del buffers[tp]  # this partition has gone past ``until``
+                continue
+            decoded = decode(tp.topic[len(self._prefix) :], msg)
+            if decoded is not None:
+                yield decoded
+
+    async def _fill(self, empty: list[TopicPartition]) -> None:
+        """Drop the partitions that reached their end; fetch for the others.
+
+        getmany() returns nothing, rather than failing, while the broker is away: no progress
+        for ``stall`` seconds is reported as LogUnavailable instead of waiting forever.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stall
+        while True:
+            for tp in empty:
+                if await self._consumer.position(tp) >= self._ends[tp]:
+                    del self._buffers[tp]
+            empty = [tp for tp in empty if tp in self._buffers]
+            if not empty:
+                return
+            batches = await self._consumer.getmany(
+                *empty, timeout_ms=int(max(deadline - loop.time(), 0) * 1000), max_records=self.PAGE
+            )
+            for tp, msgs in batches.items():
+                self._buffers[tp].extend(m for m in msgs if m.offset < self._ends[tp])
+            if any(self._buffers[tp] for tp in empty):
+                return
+            if loop.time() >= deadline:
+                raise LogUnavailable("kafka: replay made no progress; is the broker up?")
+
+
+class _DropRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forgets fetched offsets of partitions taken away: their records go to the new owner."""
+
+    def __init__(self, sub: KafkaSubscription) -> None:
+        self._sub = sub
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            self._sub._fetched.pop(tp, None)
+            self._sub._positions.pop(tp, None)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        return
+
+
+class KafkaSubscription:
+    """A member of a Kafka consumer group; commits only what the caller has fetched."""
+
+    def __init__(self, log_: KafkaLog, topics: tuple[str, ...], group: str) -> None:
+        self._log = log_
+        self._topics = topics
+        self._group = group
+        self._consumer: AIOKafkaConsumer | None = None
+        self._fetched: dict[TopicPartition, int] = {}  # next offset after the last fetched
+        self._positions: dict[TopicPartition, int] = {}  # next offset fetch() returns
+        self._closed = False
+
+    async def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is not None:
+            return self._consumer
+        lg = self._log
+        await lg._ensure_topics(self._topics)
+        # aiokafka's default request timeout (40 s), not ours: a JoinGroup request waits
+        # server-side for the whole group to rejoin.
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=lg.bootstrap,
+            client_id=lg.client_id,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            await consumer.start()
+        except BaseException:
+            await quietly(consumer.stop(), lg.request_timeout)
+            raise
+        # Subscribed after start(), which then does not wait for the group's assignment:
+        # the group is joined in the background and fetch() never blocks past its deadline.
+        consumer.subscribe([lg._name(t) for t in self._topics], listener=_DropRevoked(self))
+        self._consumer = consumer
+        return consumer
+
+    def _check_open(self) -> None:
+        if self._closed or self._log._closed:
+            raise LogClosed("event log or subscription is closed")
+
+    async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
+        self._check_open()
+        try:
+            async with asyncio.timeout(self._log.request_timeout + max_wait):
+                consumer = await self._started()
+                batches = await consumer.getmany(
+                    timeout_ms=int(max_wait * 1000), max_records=max_records
+                )
+                records = self._records(batches)
+                await self._note_positions(consumer)
+        except KAFKA_ERRORS as exc:
+            if self._closed or self._log._closed:  # closed while waiting: say so
+                raise LogClosed("event log or subscription is closed") from exc
+            raise mapped(exc, f"fetch {self._topics}") from exc
+        return records
+
+    def _records(self, batches: dict[TopicPartition, list[Any]]) -> list[Record]:
+        prefix = len(self._log.topic_prefix)
+        records: list[Record] = []
+        for tp, msgs in batches.items():
+            for msg in msgs:
+                decoded = decode(tp.topic[prefix:], msg)
+                if decoded is not None:
+                    records.append(decoded[0])
+            if msgs:  # undecodable messages are committed too, so they cannot block the group
+                self._fetched[tp] = msgs[-1].offset + 1
+        return records
+
+    async def _note_positions(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            if consumer.highwater(tp) is not None:  # then the position is known: no wait
+                self._positions[tp] = await consumer.position(tp)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition, the records not fetched yet: highwater - position.
+
+        Empty before the first fetch. The highwater mark comes with the consumer's
+        (pre)fetch responses, so it can trail the partition's end a little.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        assigned = consumer.assignment()
+        prefix = len(self._log.topic_prefix)
+        lags: dict[tuple[str, int], int] = {}
+        for tp, position in self._positions.items():
+            highwater = consumer.highwater(tp) if tp in assigned else None
+            if highwater is not None:
+                lags[(tp.topic[prefix:], tp.partition)] = max(0, highwater - position)
+        return lags
+
+    async def commit(self) -> None:
+        self._check_open()
+        consumer = self._consumer
+        if consumer is None or not self._fetched:
+            return
+        assigned = consumer.assignment()
+        offsets = {tp: n for tp, n in self._fetched.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            async with asyncio.timeout(self._log.request_timeout):
+                await consumer.commit(offsets)
+        except KAFKA_ERRORS as exc:
+            raise mapped(exc, f"commit {self._group}") from exc
+        for tp, n in offsets.items():
+            if self._fetched.get(tp) == n:
+                del self._fetched[tp]
+
+    async def close(self) -> None:
+        self._closed = True
+        self._log._subscriptions.discard(self)
+        consumer, self._consumer = self._consumer, None
+        self._fetched.clear()
+        self._positions.clear()
+        if consumer is not None:
+            await quietly(consumer.stop(), self._log.request_timeout)
