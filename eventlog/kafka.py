@@ -282,8 +282,10 @@ class KafkaLog:
 
         ``topics=None`` reads sevpipe's topics and those this log created or appended to.
         """
-        if self._closed or self._admin is None:
-            raise LogClosed("event log is closed or not started")
+        if self._closed:
+            raise LogClosed("event log is closed")
+        if self._admin is None:
+            raise LogUnavailable("event log not started")
         wanted = list(topics) if topics is not None else sorted(set(TOPICS) | self._ready_topics)
         since_ms = int(since.timestamp() * 1000) if since else None
         until_ms = int(until.timestamp() * 1000) if until else None
