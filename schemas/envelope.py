@@ -15,12 +15,31 @@ SCHEMA_VERSION = "1"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 digits
+_RANDOM_POOL = 4096  # bytes of os.urandom per read: one system call per ~400 milliseconds used
+
+
 def _encode(value: int, length: int) -> str:
     out = []
     for _ in range(length):
         out.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(out))
+
+
+def _encode80(value: int) -> str:
+    """``_encode(value, 16)``, two digits per lookup: ids are made once per event."""
+    p = _PAIRS
+    return (
+        p[value >> 70 & 1023]
+        + p[value >> 60 & 1023]
+        + p[value >> 50 & 1023]
+        + p[value >> 40 & 1023]
+        + p[value >> 30 & 1023]
+        + p[value >> 20 & 1023]
+        + p[value >> 10 & 1023]
+        + p[value & 1023]
+    )
 
 
 class _IdClock:
@@ -30,20 +49,36 @@ class _IdClock:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._last_rand = 0
+        self._prefix = _encode(0, 10)
+        self._pool = b""
+        self._used = 0
+
+    def _random(self) -> int:
+        """79 random bits; os.urandom is read in blocks (each read drops the GIL)."""
+        if self._used + 10 > len(self._pool):
+            self._pool, self._used = os.urandom(_RANDOM_POOL), 0
+        start, self._used = self._used, self._used + 10
+        return int.from_bytes(self._pool[start : self._used], "big") >> 1
+
+    def after_fork(self) -> None:
+        """In a forked child: a new lock, and none of the parent's random bytes."""
+        self._lock = threading.Lock()
+        self._pool, self._used = b"", 0
 
     def next(self) -> str:
         with self._lock:
             now_ms = time.time_ns() // 1_000_000
             if now_ms <= self._last_ms:
-                now_ms = self._last_ms
                 self._last_rand += 1
             else:
                 self._last_ms = now_ms
-                self._last_rand = int.from_bytes(os.urandom(10), "big") >> 1
-            return _encode(now_ms, 10) + _encode(self._last_rand, 16)
+                self._last_rand = self._random()
+                self._prefix = _encode(now_ms, 10)
+            return self._prefix + _encode80(self._last_rand)
 
 
 _clock = _IdClock()
+os.register_at_fork(after_in_child=lambda: _clock.after_fork())  # noqa: PLW0108 - _clock may be replaced
 
 
 def new_event_id() -> str:
@@ -58,7 +93,7 @@ def derived_event_id(parent_id: str, *decision: str) -> str:
     duplicate is recognised downstream. It keeps the parent's time prefix, so it still sorts.
     """
     digest = hashlib.blake2b("\x1f".join((parent_id, *decision)).encode(), digest_size=10)
-    return parent_id[:10] + _encode(int.from_bytes(digest.digest(), "big"), 16)
+    return parent_id[:10] + _encode80(int.from_bytes(digest.digest(), "big"))
 
 
 class Envelope(BaseModel):
