@@ -34,6 +34,17 @@ class Services:
         )
 
 
+def _running() -> bool:
+    """True when ``scripts/test-services status`` finds all three running already."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "test-services"), "status"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
 def _start() -> dict[str, str]:
     proc = subprocess.run(
         [str(ROOT / "scripts" / "test-services"), "up"],
@@ -55,8 +66,11 @@ def _start() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
     values = {name: os.environ.get(name, "") for name in VARS}
-    started = not all(values.values())
-    if started:
+    needed = not all(values.values())
+    # Services someone else started (another session, `make test`) are shared: reuse them,
+    # and never stop them at the end.
+    started = needed and not _running()
+    if needed:
         values.update(_start())
     missing = [name for name in VARS if not values.get(name)]
     if missing:
