@@ -265,11 +265,25 @@ class EmbeddedLog:
         return results
 
     def _insert(self, conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int | None]:
-        """Insert the rows whose dedup key is new, count the others as repeats.
+        """Insert the rows, but count those whose dedup key is in the topic as repeats.
 
-        Few statements per batch, whatever its size: every statement releases and retakes
-        the GIL, and each retake can wait for the event loop's thread.
+        A few multi-row statements per batch, whatever its size: every statement releases
+        and retakes the GIL, and each retake can wait for the event loop's thread. A repeat
+        fails its statement on the unique index, SQLite undoes just that statement (the
+        transaction goes on), and then that statement's rows are sorted out.
         """
+        offsets: list[int | None] = []
+        for start, size in _pieces(len(rows), self._max_rows):
+            piece = rows[start : start + size]
+            try:
+                offsets += self._insert_fresh(conn, topic, piece)
+            except sqlite3.IntegrityError:
+                offsets += self._insert_sorting_repeats(conn, topic, piece)
+        return offsets
+
+    def _insert_sorting_repeats(
+        self, conn: sqlite3.Connection, topic: str, rows: list[Row]
+    ) -> list[int | None]:
         seen = self._existing(conn, topic, [r[4] for r in rows if r[4] is not None])
         fresh: list[Row] = []
         repeats: list[tuple[str, str | None, int]] = []
