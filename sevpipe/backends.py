@@ -20,7 +20,9 @@ def describe(settings: Settings) -> str:
     return f"{log_kind}, {store_kind}, {redis_kind}"
 
 
-def make_eventlog(settings: Settings) -> EventLog:
+def make_eventlog(settings: Settings, *, create: bool = True) -> EventLog:
+    """The log the settings name; ``create=False`` refuses to make a new embedded log
+    (readers such as replay), where Kafka topics are sevpipe's own and always made."""
     if settings.kafka_bootstrap:
         from eventlog.kafka import KafkaLog  # noqa: PLC0415 - aiokafka only when asked for
 
@@ -31,7 +33,7 @@ def make_eventlog(settings: Settings) -> EventLog:
             replication=settings.kafka_replication,
             topic_prefix=settings.kafka_topic_prefix,
         )
-    return EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync)
+    return EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync, create=create)
 
 
 def make_store(settings: Settings) -> IncidentStore:
@@ -43,8 +45,8 @@ def make_store(settings: Settings) -> IncidentStore:
 
 
 @contextlib.asynccontextmanager
-async def open_eventlog(settings: Settings) -> AsyncIterator[EventLog]:
-    eventlog = make_eventlog(settings)
+async def open_eventlog(settings: Settings, *, create: bool = True) -> AsyncIterator[EventLog]:
+    eventlog = make_eventlog(settings, create=create)
     await eventlog.start()
     try:
         yield eventlog

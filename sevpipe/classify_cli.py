@@ -15,10 +15,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from classifier.backtest import BacktestReport, backtest
 from classifier.policy import Policy, PolicyError, default_policy, load_policy, policy_yaml
 from classifier.rebuild import rebuild_store
-from eventlog import EmbeddedLog
 from schemas.yamlfile import ConfigFileError
+from sevpipe.backends import open_eventlog, open_store
 from sevpipe.settings import Settings, SettingsError, load_settings
-from store import EmbeddedStore
 
 POLICY_KEYS = frozenset(Policy.model_fields)  # group_by, reopen_window, ... make a policy too
 
@@ -49,8 +48,8 @@ def check_config(path: Path, out: TextIO) -> None:
 
 async def rebuild(settings: Settings, out: TextIO) -> None:
     async with (
-        EmbeddedLog(settings.eventlog_path, create=False) as eventlog,
-        EmbeddedStore(settings.store_path) as store,
+        open_eventlog(settings, create=False) as eventlog,
+        open_store(settings) as store,
     ):
         count = await rebuild_store(store, eventlog)
     out.write(f"store rebuilt from {count} incident events\n")
@@ -71,7 +70,7 @@ async def run_backtest(
         raise SettingsError(str(exc)) from None
     current = settings.policy() if settings.policy_file else default_policy()
     console = Console(file=sys.stderr)
-    async with EmbeddedLog(settings.eventlog_path, create=False) as eventlog:
+    async with open_eventlog(settings, create=False) as eventlog:
         with Progress(
             SpinnerColumn(),
             TextColumn("replaying alerts: {task.completed:,}"),

@@ -106,14 +106,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from eventlog import EmbeddedLog  # noqa: PLC0415
+    from sevpipe.backends import open_eventlog  # noqa: PLC0415
     from sevpipe.replay import write_jsonl, write_table  # noqa: PLC0415
 
     settings = _settings(args)
     since, until = _times(args)
 
     async def main() -> int:
-        async with EmbeddedLog(settings.eventlog_path, create=False) as eventlog:
+        async with open_eventlog(settings, create=False) as eventlog:
             records = eventlog.read(
                 args.topic, from_offset=args.from_offset, since=since, until=until
             )
