@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end suite: servers that are always killed at teardown."""
+"""Fixtures of the end-to-end suite: servers that are always killed at teardown, and the
+backend set a test runs on (``backend``: embedded, then production)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from .backends import BACKENDS, Backend, backend_named
 from .harness import Launcher
 
 
@@ -23,3 +25,13 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The test once per backend set; on production, its own topics and database.
+
+    Ask for it before ``launcher``, so the servers are killed before their database goes.
+    """
+    with backend_named(request.param, request) as chosen:
+        yield chosen

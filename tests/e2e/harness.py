@@ -1,7 +1,8 @@
 """Drive ``sevpipe`` as a user does: real subprocesses, real ports, a temporary data dir.
 
 Everything here is synchronous (``subprocess``); async tests call it through
-``asyncio.to_thread`` so the event loop never blocks.
+``asyncio.to_thread`` so the event loop never blocks. ``env`` arguments are ``SEVPIPE_*``
+settings for the process, such as a backend's (``tests/e2e/backends.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ STARTUP_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
 CLI_TIMEOUT = 30.0
 
-_LISTENING = re.compile(r"^sevpipe listening on (http://\S+) \(data dir (.+)\)$")
+# "(data dir DIR)" on the embedded default, "(kafka HOST:PORT, postgresql, redis)" otherwise
+_LISTENING = re.compile(r"^sevpipe listening on (http://\S+) \((.+)\)$")
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -44,7 +46,7 @@ class ServerFailedToStart(AssertionError):
 
 @dataclass
 class Server:
-    """A running ``sevpipe run`` process and what it printed on startup."""
+    """A running ``sevpipe run`` (or ``ingest``, ``classify``) process and its banner."""
 
     proc: subprocess.Popen[bytes]
     base_url: str
@@ -93,12 +95,13 @@ class Launcher:
         *args: str,
         env: Mapping[str, str] | None = None,
         port: str = "0",
+        command: str = "run",
     ) -> Server:
         n = len(self.servers)
         stderr_path = self.workdir / f"server-{n}.stderr"
         with stderr_path.open("wb") as stderr:
             proc = subprocess.Popen(
-                [*SEVPIPE, "run", "--port", port, "--data-dir", str(data_dir), *args],
+                [*SEVPIPE, command, "--port", port, "--data-dir", str(data_dir), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -129,8 +132,11 @@ class Launcher:
 
 
 def _banner_done(buf: bytes) -> bool:
-    """The banner ends with the curl example, the line after "Try it:"."""
+    """The banner ends with the curl example, the line after "Try it:"; a stage without the
+    HTTP edge (``sevpipe classify``) ends it with its metrics URL."""
     lines = buf.split(b"\n")[:-1]  # complete lines only
+    if len(lines) >= 2 and lines[-1].startswith(b"Metrics: "):
+        return True
     return len(lines) >= 2 and lines[-2].strip() == b"Try it:"
 
 
@@ -174,9 +180,11 @@ def sevpipe(
     )
 
 
-def replay(data_dir: Path, *args: str) -> list[dict[str, Any]]:
+def replay(
+    data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """``sevpipe replay --format jsonl``, parsed; fails the test if the command fails."""
-    done = sevpipe("replay", "--data-dir", str(data_dir), "--format", "jsonl", *args)
+    done = sevpipe("replay", "--data-dir", str(data_dir), "--format", "jsonl", *args, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr
     events: list[dict[str, Any]] = []
@@ -187,9 +195,11 @@ def replay(data_dir: Path, *args: str) -> list[dict[str, Any]]:
     return events
 
 
-def alert_events(data_dir: Path, *args: str) -> list[dict[str, Any]]:
+def alert_events(
+    data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """The ``sevpipe.alerts`` topic (other stages write their own topics alongside)."""
-    return replay(data_dir, "--topic", TOPIC_ALERTS, *args)
+    return replay(data_dir, "--topic", TOPIC_ALERTS, *args, env=env)
 
 
 def fixture_files() -> Sequence[Path]:

@@ -1,7 +1,13 @@
-"""``sevpipe replay``: filters by topic, time and offset; JSON lines or a table."""
+"""``sevpipe replay``: filters by topic, time and offset; JSON lines or a table.
+
+The same checks read the embedded log and Kafka (``SEVPIPE_KAFKA_*`` in the environment),
+where an offset counts within its partition and ``--from-offset n`` starts every partition
+at ``n`` (eventlog/kafka.py).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -9,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from .backends import BACKENDS, Backend, backend_named
 from .harness import TOPIC_ALERTS, Launcher, fixture_files, replay, sevpipe
 
 pytestmark = pytest.mark.e2e
@@ -32,15 +39,24 @@ class Row:
 @dataclass(frozen=True)
 class Log:
     data_dir: Path
+    backend: Backend
     events: list[dict[str, Any]]  # every topic, in log order
     rows: list[Row]  # the same, as the table shows them
 
     def topic_of(self, event: dict[str, Any]) -> str:
         return self.rows[self.events.index(event)].topic
 
+    def replay(self, *args: str) -> list[dict[str, Any]]:
+        return replay(self.data_dir, *args, env=self.backend.env)
 
-def table(data_dir: Path, *args: str) -> tuple[str, list[Row]]:
-    done = sevpipe("replay", "--data-dir", str(data_dir), "--format", "table", *args)
+    def table(self, *args: str) -> tuple[str, list[Row]]:
+        return table(self.data_dir, *args, env=self.backend.env)
+
+
+def table(
+    data_dir: Path, *args: str, env: Mapping[str, str] | None = None
+) -> tuple[str, list[Row]]:
+    done = sevpipe("replay", "--data-dir", str(data_dir), "--format", "table", *args, env=env)
     assert done.returncode == 0, done.stderr
     header, *lines = done.stdout.splitlines()
     rows = []
@@ -50,23 +66,24 @@ def table(data_dir: Path, *args: str) -> tuple[str, list[Row]]:
     return header, rows
 
 
-@pytest.fixture(scope="module")
-def log(tmp_path_factory: pytest.TempPathFactory) -> Log:
+@pytest.fixture(scope="module", params=BACKENDS)
+def log(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Log]:
     """A log written by a real server: fixture 01, then (later) fixture 03."""
-    workdir = tmp_path_factory.mktemp("replay")
-    launch = Launcher(workdir)
-    try:
-        server = launch.start(workdir / "data")
-        for body in (BATCH_A, BATCH_B):  # two processes: the batches are milliseconds apart
-            done = sevpipe("send", str(body), "--url", server.alerts_url)
-            assert done.returncode == 0, done.stderr
-        assert server.stop() == 0
-    finally:
-        launch.close()
-    data_dir = workdir / "data"
-    events = replay(data_dir)
-    _, rows = table(data_dir)
-    return Log(data_dir, events, rows)
+    with backend_named(request.param, request) as backend:
+        workdir = tmp_path_factory.mktemp("replay")
+        launch = Launcher(workdir)
+        try:
+            server = launch.start(workdir / "data", env=backend.env)
+            for body in (BATCH_A, BATCH_B):  # two processes: the batches are milliseconds apart
+                done = sevpipe("send", str(body), "--url", server.alerts_url)
+                assert done.returncode == 0, done.stderr
+            assert server.stop() == 0
+        finally:
+            launch.close()
+        data_dir = workdir / "data"
+        events = replay(data_dir, env=backend.env)
+        _, rows = table(data_dir, env=backend.env)
+        yield Log(data_dir, backend, events, rows)
 
 
 def _ms(value: str | datetime) -> int:
@@ -86,10 +103,16 @@ def _batch_b_time(log: Log) -> datetime:
 
 
 def test_table_shows_every_event_with_offset_time_topic_type_and_summary(log: Log) -> None:
-    header, rows = table(log.data_dir)
+    header, rows = log.table()
     assert header.split() == ["OFFSET", "TIME", "TOPIC", "TYPE", "SUBJECT", "/", "SUMMARY"]
     assert len(rows) == len(log.events) >= 3
-    assert [r.offset for r in rows] == sorted({r.offset for r in rows})
+    if log.backend.embedded:  # one sequence for the whole log
+        assert [r.offset for r in rows] == sorted({r.offset for r in rows})
+    per_key: dict[tuple[str, str], list[int]] = {}  # a key's events sit in one partition
+    for row, event in zip(rows, log.events, strict=True):
+        per_key.setdefault((row.topic, event["subject"]), []).append(row.offset)
+    for offsets in per_key.values():
+        assert offsets == sorted(set(offsets))
     for row, event in zip(rows, log.events, strict=True):
         assert row.type == event["type"]
         assert row.rest.startswith(event["subject"])
@@ -101,10 +124,10 @@ def test_table_shows_every_event_with_offset_time_topic_type_and_summary(log: Lo
 
 
 def test_topic_filter(log: Log) -> None:
-    alerts = replay(log.data_dir, "--topic", TOPIC_ALERTS)
+    alerts = log.replay("--topic", TOPIC_ALERTS)
     assert _ids(alerts) == _ids([e for e in log.events if log.topic_of(e) == TOPIC_ALERTS])
     assert len(alerts) == 3
-    assert replay(log.data_dir, "--topic", "sevpipe.no-such-topic") == []
+    assert log.replay("--topic", "sevpipe.no-such-topic") == []
 
 
 def test_since_and_until_with_iso_times(log: Log) -> None:
@@ -118,34 +141,42 @@ def test_since_and_until_with_iso_times(log: Log) -> None:
 
     india = timezone(timedelta(hours=5, minutes=30))
     zulu = boundary.isoformat().replace("+00:00", "Z")
-    assert _ids(replay(log.data_dir, "--since", zulu)) == _ids(after)
-    assert _ids(replay(log.data_dir, "--until", boundary.astimezone(india).isoformat())) == _ids(
-        before
-    )
+    assert _ids(log.replay("--since", zulu)) == _ids(after)
+    assert _ids(log.replay("--until", boundary.astimezone(india).isoformat())) == _ids(before)
     naive = boundary.replace(tzinfo=None).isoformat()  # no offset: UTC
-    assert _ids(replay(log.data_dir, "--since", naive)) == _ids(after)
+    assert _ids(log.replay("--since", naive)) == _ids(after)
     first = log.events[0]["time"]
-    window = replay(log.data_dir, "--since", first, "--until", zulu)
+    window = log.replay("--since", first, "--until", zulu)
     assert _ids(window) == _ids(before)
 
 
 def test_since_and_until_with_durations(log: Log) -> None:
-    assert _ids(replay(log.data_dir, "--since", "2h")) == _ids(log.events)
-    assert replay(log.data_dir, "--until", "2h") == []
+    assert _ids(log.replay("--since", "2h")) == _ids(log.events)
+    assert log.replay("--until", "2h") == []
 
 
 def test_from_offset(log: Log) -> None:
-    offsets = [r.offset for r in log.rows]
-    _, rows = table(log.data_dir, "--from-offset", str(offsets[1]))
-    assert rows == log.rows[1:]
+    """The rows at or past the offset, in the same order (every partition from there)."""
+    offsets = sorted({r.offset for r in log.rows})
+    _, rows = log.table("--from-offset", str(offsets[1]))
+    assert rows == [r for r in log.rows if r.offset >= offsets[1]]
+    assert 0 < len(rows) < len(log.rows)
+    if log.backend.embedded:
+        assert rows == log.rows[1:]
     alerts = [e for e in log.events if log.topic_of(e) == TOPIC_ALERTS]
     last_alert_offset = log.rows[log.events.index(alerts[-1])].offset
-    tail = replay(log.data_dir, "--topic", TOPIC_ALERTS, "--from-offset", str(last_alert_offset))
-    assert _ids(tail) == _ids(alerts[-1:])
+    tail = log.replay("--topic", TOPIC_ALERTS, "--from-offset", str(last_alert_offset))
+    alert_offsets = [log.rows[log.events.index(a)].offset for a in alerts]
+    assert _ids(tail) == _ids(
+        [a for a, o in zip(alerts, alert_offsets, strict=True) if o >= last_alert_offset]
+    )
+    assert _ids(tail)[-1:] == _ids(alerts[-1:])
 
 
 def test_unreadable_time_is_one_line_naming_it(log: Log) -> None:
-    done = sevpipe("replay", "--data-dir", str(log.data_dir), "--until", "yesterday")
+    done = sevpipe(
+        "replay", "--data-dir", str(log.data_dir), "--until", "yesterday", env=log.backend.env
+    )
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr == (
