@@ -57,17 +57,24 @@ _KINDS = [
 ]
 _NAMESPACES = ["origin-production", "payments", "checkout", "search"]
 _SERVICES = ["origin-backend", "origin-frontend", "checkout-api", "search-indexer"]
-_MARK = b"@@SLOT@@"
 
 
-def _webhook_template(worker: int, variant: int) -> bytes:
-    """A 10-alert body with ``%s`` slots: 10 fingerprints, then 10 startsAt values."""
+def _slot(name: str) -> str:
+    return f"@@{name}@@"
+
+
+def _webhook_template(variant: int) -> bytes:
+    """A 10-alert body with ``%(name)s`` slots: group ``g``, startsAt ``sN``, fingerprint ``fN``.
+
+    Grouped as Alertmanager's ``group_by: [alertname, namespace, deployment]`` would send it.
+    """
     alertname, severity, impact, summary = _KINDS[variant % len(_KINDS)]
     namespace = _NAMESPACES[(variant // len(_KINDS)) % len(_NAMESPACES)]
     service = _SERVICES[variant % len(_SERVICES)]
+    deployment = f"{service}-{_slot('g')}"
+    group = {"alertname": alertname, "namespace": namespace, "deployment": deployment}
     common = {
-        "alertname": alertname,
-        "namespace": namespace,
+        **group,
         "severity": severity,
         "cluster": "prod-eu-west-1",
         "prometheus": "monitoring/k8s",
@@ -76,7 +83,7 @@ def _webhook_template(worker: int, variant: int) -> bytes:
     }
     alerts = []
     for i in range(ALERTS_PER_WEBHOOK):
-        pod = f"{service}-7d9f8c6b5-{worker:02d}{variant:02d}{i:x}"
+        pod = f"{deployment}-7d9f8c6b5-{i:x}q{i * 7 % 10}z"
         labels = {
             **common,
             "container": service,
@@ -93,52 +100,60 @@ def _webhook_template(worker: int, variant: int) -> bytes:
                 "annotations": {
                     "summary": summary,
                     "description": f"Pod {namespace}/{pod} ({service}): {summary}",
-                    "runbook_url": f"https://runbooks.prometheus-operator.dev/runbooks/kubernetes/{alertname.lower()}",
+                    "runbook_url": "https://runbooks.prometheus-operator.dev/runbooks/"
+                    f"kubernetes/{alertname.lower()}",
                 },
-                "startsAt": _MARK.decode(),
+                "startsAt": _slot(f"s{i}"),
                 "endsAt": "0001-01-01T00:00:00Z",
                 "generatorURL": "http://prometheus.monitoring:9090/graph?g0.expr="
                 f"kube_pod_container_status_restarts_total%7Bnamespace%3D%22{namespace}%22%7D",
-                "fingerprint": _MARK.decode(),
+                "fingerprint": _slot(f"f{i}"),
             }
         )
+    group_key = ", ".join(f'{k}="{v}"' for k, v in group.items())
     body = {
         "receiver": "sevpipe",
         "status": "firing",
         "alerts": alerts,
-        "groupLabels": {"alertname": alertname, "namespace": namespace},
+        "groupLabels": group,
         "commonLabels": common,
         "commonAnnotations": {"summary": summary},
         "externalURL": "http://alertmanager.monitoring:9093",
         "version": "4",
-        "groupKey": f'{{}}/{{severity="{severity}"}}:{{alertname="{alertname}", '
-        f'namespace="{namespace}"}}',
+        "groupKey": f'{{}}/{{severity="{severity}"}}:{{{group_key}}}',
         "truncatedAlerts": 0,
     }
     raw = orjson.dumps(body).replace(b"%", b"%%")
-    # startsAt comes before fingerprint in each alert: turn the marks into ordered slots.
-    return raw.replace(_MARK, b"%s")
+    return re.sub(rb"@@(\w+)@@", rb"%(\1)s", raw)
 
 
 class Bodies:
-    """Pre-serialised webhook bodies; ``next()`` fills a template with a fresh sequence."""
+    """Pre-serialised webhook bodies; ``next()`` fills a template's slots with fresh values.
 
-    def __init__(self, worker: int, variants: int = 16) -> None:
+    Every alert gets a fingerprint and startsAt of its own (nothing is a repeat). Webhooks
+    cycle through ``groups`` alert groups (incidents), or each is a group of its own if 0.
+    """
+
+    def __init__(self, worker: int, groups: int = 0, variants: int = 16) -> None:
         self.worker = worker
-        self.templates = [_webhook_template(worker, v) for v in range(variants)]
+        self.groups = groups
+        self.templates = [_webhook_template(v) for v in range(variants)]
         self.seq = 0
         self.base = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=worker)
+        self.starts_keys = [b"s%d" % i for i in range(ALERTS_PER_WEBHOOK)]
+        self.fingerprint_keys = [b"f%d" % i for i in range(ALERTS_PER_WEBHOOK)]
 
     def next(self) -> bytes:
         self.seq += 1
         seq = self.seq
+        group = seq % self.groups if self.groups else seq
         # startsAt to the millisecond by sequence, plus the alert's index in microseconds
         millis = (self.base + timedelta(milliseconds=seq)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        slots: list[bytes] = []
-        for i in range(ALERTS_PER_WEBHOOK):
-            slots.append(f"{millis}{i:03d}Z".encode())
-            slots.append(b"%02x%012x%02x" % (self.worker, seq, i))
-        return self.templates[seq % len(self.templates)] % tuple(slots)
+        values = {b"g": b"%02x%06x" % (self.worker, group)}
+        for i, (s, f) in enumerate(zip(self.starts_keys, self.fingerprint_keys, strict=True)):
+            values[s] = b"%s%03dZ" % (millis.encode(), i)
+            values[f] = b"%02x%012x%02x" % (self.worker, seq, i)
+        return self.templates[seq % len(self.templates)] % values
 
 
 # -- the load worker -------------------------------------------------------------------------
@@ -214,7 +229,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
     path = "/" + url.split("//", 1)[1].split("/", 1)[1]
-    bodies = Bodies(args.worker)
+    bodies = Bodies(args.worker, args.groups)
     latencies: list[float] = []
     counts = {"ok": 0, "ok_alerts_total": 0, "errors": 0}
     session: ClientSession | None = None
@@ -383,7 +398,7 @@ def _run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
         argv = [sys.executable, __file__, "--role", "load", "--url", f"{url}/api/v1/alerts"]
         argv += ["--worker", str(w), "--concurrency", str(share), "--start-at", str(start_at)]
         argv += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
-        argv += ["--client", args.client]
+        argv += ["--client", args.client, "--groups", str(args.groups)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE))
     parts = []
     for p in procs:
@@ -437,7 +452,8 @@ def _round(args: argparse.Namespace, workdir: Path, n: int) -> tuple[Result, Res
     print(baseline.line(), flush=True)
 
     data_dir = workdir / f"sevpipe{n}"
-    argv = [sys.executable, "-m", "sevpipe", "run", "--data-dir", str(data_dir), "--port", "0"]
+    argv = [sys.executable, "-m", "sevpipe", args.command, "--data-dir", str(data_dir)]
+    argv += ["--port", "0"]
     sev = Server(argv, workdir, f"sevpipe{n}")
     try:
         sevpipe = _measure("sevpipe", sev, args)
@@ -470,8 +486,9 @@ def _bench(args: argparse.Namespace) -> int:
         return _load_only(args)
     print(
         f"{args.duration:g} s per side (+{args.warmup:g} s warm-up), {args.concurrency} in flight"
-        f" over {args.workers} load process(es), {ALERTS_PER_WEBHOOK} alerts per webhook,"
-        f" client={args.client}; sevpipe on the embedded log, fsync=full (default)"
+        f" over {args.workers} load process(es), {ALERTS_PER_WEBHOOK} alerts per webhook"
+        f" ({'one group each' if not args.groups else f'{args.groups} groups'}),"
+        f" client={args.client}; `sevpipe {args.command}` on the embedded log, fsync=full"
     )
     ratios: list[float] = []
     rates: list[float] = []
@@ -504,6 +521,12 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight in total")
     p.add_argument("--workers", type=int, default=1, help="load generator processes")
     p.add_argument("--rounds", type=int, default=1, help="baseline+sevpipe pairs (median)")
+    p.add_argument(
+        "--groups", type=int, default=0, help="alert groups to cycle through (0: one per webhook)"
+    )
+    p.add_argument(
+        "--command", choices=("run", "ingest"), default="run", help="sevpipe command to measure"
+    )
     p.add_argument("--client", choices=("raw", "aiohttp"), default="raw", help="HTTP client")
     p.add_argument("--target", help="only send load to this running server (base URL)")
     p.add_argument("--quick", action="store_true", help="~2 s smoke run")
