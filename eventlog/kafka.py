@@ -102,6 +102,8 @@ class KafkaLog:
         """Connect, and create sevpipe's topics where missing."""
         if self._closed:
             raise LogClosed("event log is closed")
+        if self._admin is not None:
+            return
         admin = AIOKafkaAdminClient(**self._client_args())
         try:
             async with asyncio.timeout(self.request_timeout):
@@ -139,12 +141,35 @@ class KafkaLog:
             raise LogUnavailable("event log not started")
         new = [NewTopic(self._name(t), self.partitions, self.replication) for t in missing]
         response = await self._admin.create_topics(new, timeout_ms=self._timeout_ms)
+        created = []
         for name, code, *message in response.topic_errors:
             if code not in (0, TopicAlreadyExistsError.errno):
                 error = for_code(code)
                 kind = LogUnavailable if error.retriable else EventLogError
                 raise kind(f"kafka: cannot create topic {name}: {error.__name__} {message}")
+            if code == 0:
+                created.append(name)
+        await self._until_led(created)
         self._ready_topics.update(missing)
+
+    async def _until_led(self, names: list[str]) -> None:
+        """Wait (within the caller's deadline) until new topics have leaders everywhere.
+
+        The controller answers CreateTopics before the brokers' metadata has the topic, so
+        a ping or a consumer right after would not find it yet.
+        """
+        assert self._admin is not None  # noqa: S101
+        while names:
+            described = await self._admin.describe_topics(names)
+            names = [
+                t["topic"]
+                for t in described
+                if t["error_code"] != 0
+                or not t["partitions"]
+                or any(p["leader"] < 0 for p in t["partitions"])
+            ]
+            if names:
+                await asyncio.sleep(0.05)
 
     async def _producer_ready(self) -> AIOKafkaProducer:
         async with self._producer_lock:
@@ -215,7 +240,9 @@ class KafkaLog:
         seen = self._seen.setdefault(topic, OrderedDict())
         fresh: dict[str, int] = {}  # dedup key -> index of the event that carries it
         for i, key in enumerate(dedup_keys):
-            if key not in seen and key not in fresh:
+            if key in seen:
+                seen.move_to_end(key)  # least recently used goes first, not oldest
+            elif key not in fresh:
                 fresh[key] = i
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in fresh:
@@ -257,7 +284,8 @@ class KafkaLog:
             raise mapped(exc, "ping") from exc
         for t in topics:
             if t["error_code"] != 0:
-                raise LogUnavailable(f"kafka: topic {t['topic']}: error {t['error_code']}")
+                error = for_code(t["error_code"]).__name__
+                raise LogUnavailable(f"kafka: topic {t['topic']}: {error}")
             if any(p["leader"] < 0 for p in t["partitions"]):
                 raise LogUnavailable(f"kafka: topic {t['topic']} has a partition without leader")
 

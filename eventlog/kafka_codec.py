@@ -102,3 +102,10 @@ async def quietly(stopping: Awaitable[Any], limit: float) -> None:
             await stopping
     except KAFKA_ERRORS as exc:
         log.warning("kafka client did not close cleanly: %s", exc or type(exc).__name__)
+    except asyncio.CancelledError:
+        # aiokafka's consumer.stop() lets the CancelledError of its own fetch tasks out
+        # when the broker is down; only a cancellation of our task is passed on.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka client did not close cleanly: its tasks were cancelled")

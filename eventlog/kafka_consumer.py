@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
@@ -15,6 +16,8 @@ from eventlog.kafka_codec import KAFKA_ERRORS, decode, mapped, quietly
 
 if TYPE_CHECKING:
     from eventlog.kafka import KafkaLog
+
+log = logging.getLogger(__name__)
 
 # A replay bounded by ``until`` reads each partition this far past it (by append time), for
 # the events appended a while after they were made.
@@ -141,18 +144,34 @@ class KafkaSubscription:
     async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
         self._check_open()
         try:
-            async with asyncio.timeout(self._log.request_timeout + max_wait):
+            async with asyncio.timeout(self._log.request_timeout):
                 consumer = await self._started()
-                batches = await consumer.getmany(
-                    timeout_ms=int(max_wait * 1000), max_records=max_records
-                )
-                records = self._records(batches)
-                await self._note_positions(consumer)
+            batches = await self._getmany(consumer, max_records, max_wait)
         except KAFKA_ERRORS as exc:
             if self._closed or self._log._closed:  # closed while waiting: say so
                 raise LogClosed("event log or subscription is closed") from exc
             raise mapped(exc, f"fetch {self._topics}") from exc
+        # From here on nothing may fail or wait: the consumer's position has moved past
+        # these records, so they must reach the caller.
+        records = self._records(batches)
+        await self._note_positions(consumer)
         return records
+
+    @staticmethod
+    async def _getmany(
+        consumer: AIOKafkaConsumer, max_records: int, max_wait: float
+    ) -> dict[TopicPartition, list[Any]]:
+        # getmany() waits for the group's assignment beyond its own timeout (a rebalance
+        # can wait a session timeout for a member that died). Cancelling it is safe: it
+        # takes records from its buffer and returns them without awaiting in between.
+        try:
+            async with asyncio.timeout(max_wait):
+                batches: dict[TopicPartition, list[Any]] = await consumer.getmany(
+                    timeout_ms=int(max_wait * 1000), max_records=max_records
+                )
+        except TimeoutError:
+            return {}
+        return batches
 
     def _records(self, batches: dict[TopicPartition, list[Any]]) -> list[Record]:
         prefix = len(self._log.topic_prefix)
@@ -167,9 +186,14 @@ class KafkaSubscription:
         return records
 
     async def _note_positions(self, consumer: AIOKafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            if consumer.highwater(tp) is not None:  # then the position is known: no wait
-                self._positions[tp] = await consumer.position(tp)
+        """Best effort, for lag(): never fails a fetch."""
+        try:
+            async with asyncio.timeout(self._log.request_timeout):
+                for tp in consumer.assignment():
+                    if consumer.highwater(tp) is not None:  # then its position is known
+                        self._positions[tp] = await consumer.position(tp)
+        except KAFKA_ERRORS as exc:
+            log.debug("positions for lag not updated: %s", exc or type(exc).__name__)
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per assigned partition, the records not fetched yet: highwater - position.
