@@ -11,7 +11,9 @@ order. The embedded log defines the semantics; where Kafka differs:
   processes and restarts duplicates reach the log, and consumers stay idempotent (DESIGN,
   delivery semantics).
 - An append that fails (``LogUnavailable`` within ``request_timeout`` s) may still have
-  written some or all of its events; the caller's retry then appends them again.
+  written some or all of its events, or write them later: the idempotent producer keeps
+  what the cluster has not taken and delivers it once the cluster is back. The caller's
+  retry then appends them again.
 - Records carry their append time as Kafka timestamp (the broker would refuse an event time
   far in the future, and retention would drop old ones early). ``read`` merges partitions by
   that timestamp; ``since``/``until`` compare the events' own ``time``, as the embedded log
@@ -345,7 +347,9 @@ class KafkaLog:
         """Assign every partition of ``topics`` and seek; per partition, (start, end)."""
         assert self._admin is not None  # noqa: S101
         names = {self._name(t) for t in topics}
-        described = await self._admin.describe_topics(sorted(names))
+        # All topics, not just ours: asking for a missing one by name would create it on a
+        # broker with auto.create.topics.enable.
+        described = await self._admin.describe_topics()
         tps = [
             TopicPartition(t["topic"], p["partition"])
             for t in described
