@@ -43,7 +43,8 @@ class Replay:
         self._prefix = prefix
 
     async def merged(self, until_ms: int | None) -> AsyncIterator[tuple[Record, int]]:
-        stop_ms = until_ms + int(UNTIL_GRACE.total_seconds() * 1000) if until_ms else None
+        grace_ms = int(UNTIL_GRACE.total_seconds() * 1000)
+        stop_ms = until_ms + grace_ms if until_ms is not None else None
         buffers = self._buffers
         while buffers:
             empty = [tp for tp, buf in buffers.items() if not buf]
