@@ -222,6 +222,7 @@ class EmbeddedLog:
             raise ValueError("dedup_keys must have one key per event")
         keys: Sequence[str | None] = dedup_keys if dedup_keys is not None else [None] * len(events)
         rows = [_to_row(e, k) for e, k in zip(events, keys, strict=True)]
+        del events  # serialised: not kept alive (and aging in the GC) while the commit runs
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(topic, rows, future))
         if self._flusher is None or self._flusher.done():

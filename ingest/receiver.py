@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from eventlog import EventLog, EventLogError
 from ingest.auth import Credentials, check_authorization
 from ingest.metrics import ReceiverMetrics
-from schemas import TOPIC_ALERTS, Envelope, Webhook, event_type_for, normalise
+from schemas import TOPIC_ALERTS, AlertEventData, Envelope, Webhook, event_type_for, normalise
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         self.metrics.webhooks.inc()
         try:
-            webhook = await self._parse(request)
-            return await self._accept(webhook)
+            # No local holds the parsed body: _accept lets it go before the commit (GC).
+            return await self._accept(await self._parse(request))
         except Rejected as rej:
             self.metrics.rejected.labels(rej.reason).inc()
             headers = {"Retry-After": RETRY_AFTER_SECONDS} if rej.status == 503 else None
@@ -135,25 +135,32 @@ class Receiver:
         return b"".join(chunks)
 
     async def _accept(self, webhook: Webhook) -> web.Response:
-        received_at = datetime.now(UTC)
-        payloads = normalise(webhook, webhook.incident_group_key(), received_at)
-        events: list[Envelope] = []
-        dedup: list[str] = []
-        for data in payloads:
-            key = data.group.group_key
-            events.append(Envelope.new(event_type_for(data.status), SOURCE, key, data))
-            dedup.append(data.idempotency_key())
+        payloads = normalise(webhook, webhook.incident_group_key(), datetime.now(UTC))
+        dedup = [data.idempotency_key() for data in payloads]
+        accepted = len(payloads)
+        firing = sum(1 for data in payloads if data.status == "firing")
+        appending = self.log.append(TOPIC_ALERTS, _envelopes(payloads), dedup_keys=dedup)
+        # Dozens of webhooks wait for each commit: their models, let go now, die young
+        # instead of filling the older GC generations (the log has what it needs).
+        del webhook, payloads
         started = time.perf_counter()
         try:
-            result = await self.log.append(TOPIC_ALERTS, events, dedup_keys=dedup)
+            result = await appending
         except EventLogError as exc:
             raise Rejected(503, "log_unavailable", f"event log unavailable: {exc}") from exc
         self.metrics.append_seconds.observe(time.perf_counter() - started)
-        for data in payloads:
-            self.metrics.alerts.labels(data.status).inc()
+        self.metrics.alerts.labels("firing").inc(firing)
+        self.metrics.alerts.labels("resolved").inc(accepted - firing)
         if result.duplicates:
             self.metrics.repeats.inc(result.duplicates)
         return _json(
             200,
-            {"accepted": len(events), "appended": result.appended, "repeats": result.duplicates},
+            {"accepted": accepted, "appended": result.appended, "repeats": result.duplicates},
         )
+
+
+def _envelopes(payloads: list[AlertEventData]) -> list[Envelope]:
+    return [
+        Envelope.new(event_type_for(data.status), SOURCE, data.group.group_key, data)
+        for data in payloads
+    ]
