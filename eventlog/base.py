@@ -113,7 +113,9 @@ class EventLog(Protocol):
 
         With ``dedup_keys`` (one per event), an event whose key is already in the topic is
         not appended again (its offset is ``None``) and the repeat is counted instead.
-        Raises ``LogUnavailable`` when the log cannot take them; then nothing was appended.
+        Raises ``LogUnavailable`` when the log cannot take them. Nothing is acknowledged
+        then; the embedded log appended none of them, while on Kafka the producer may still
+        deliver some later, so a caller's retry can duplicate them (consumers are idempotent).
         """
         ...
 
