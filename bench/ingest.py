@@ -391,21 +391,26 @@ class Server:
 
 
 def _run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="sevpipe-bench-load-") as tmp:
+        return _run_load_in(url, args, Path(tmp))
+
+
+def _run_load_in(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     start_at = time.time() + 1.0  # all workers import and connect, then start together
     procs = []
-    for w in range(args.workers):
+    outs = [workdir / f"load{w}.json" for w in range(args.workers)]
+    for w, out in enumerate(outs):
         share = args.concurrency // args.workers + (w < args.concurrency % args.workers)
         argv = [sys.executable, __file__, "--role", "load", "--url", f"{url}/api/v1/alerts"]
         argv += ["--worker", str(w), "--concurrency", str(share), "--start-at", str(start_at)]
         argv += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
-        argv += ["--client", args.client, "--groups", str(args.groups)]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE))
+        argv += ["--client", args.client, "--groups", str(args.groups), "--out", str(out)]
+        procs.append(subprocess.Popen(argv))
     parts = []
-    for p in procs:
-        out, _ = p.communicate()
-        if p.returncode != 0:
+    for p, out in zip(procs, outs, strict=True):
+        if p.wait() != 0:
             raise RuntimeError(f"load worker failed with exit code {p.returncode}")
-        parts.append(json.loads(out))
+        parts.append(json.loads(out.read_bytes()))
     return {
         "start_at": start_at,
         "ok": sum(p["ok"] for p in parts),
@@ -534,6 +539,7 @@ def main() -> int:
         "--role", choices=("bench", "load", "baseline"), default="bench", help=argparse.SUPPRESS
     )
     p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -542,7 +548,7 @@ def main() -> int:
         args.duration, args.warmup, args.rounds = 2.0, 0.3, 1
     if args.role == "load":
         result = uvloop.run(_load(args))
-        sys.stdout.write(json.dumps(result))
+        Path(args.out).write_bytes(orjson.dumps(result))
         return 0
     if args.role == "baseline":
         uvloop.run(_baseline(args))
