@@ -12,8 +12,9 @@ order. The embedded log defines the semantics; where Kafka differs:
   delivery semantics).
 - An append that fails (``LogUnavailable`` within ``request_timeout`` s) may still have
   written some or all of its events, or write them later: the idempotent producer keeps
-  what the cluster has not taken and delivers it once the cluster is back. The caller's
-  retry then appends them again.
+  what the cluster has not taken and delivers it once the cluster is back. A retry with
+  the same dedup keys waits for that delivery instead of queueing another copy (and fails
+  again while the cluster is away), so a webhook retried through an outage lands once.
 - Records carry their append time as Kafka timestamp (the broker would refuse an event time
   far in the future, and retention would drop old ones early). ``read`` merges partitions by
   that timestamp; ``since``/``until`` compare the events' own ``time``, as the embedded log
@@ -74,6 +75,7 @@ class KafkaLog:
         self._ready_topics: set[str] = set()
         self._seen: dict[str, OrderedDict[str, None]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._deliveries: set[asyncio.Task[list[Any]]] = set()
         self._subscriptions: set[KafkaSubscription] = set()
         self._closed = False
 
@@ -132,6 +134,9 @@ class KafkaLog:
         if self._producer is not None:
             self._retire(self._producer)
         await asyncio.gather(*list(self._retiring), return_exceptions=True)
+        for delivery in list(self._deliveries):  # what the stopped producer still held
+            delivery.cancel()
+        await asyncio.gather(*list(self._deliveries), return_exceptions=True)
         if self._admin is not None:
             await quietly(self._admin.close(), self.request_timeout)
 
@@ -249,20 +254,39 @@ class KafkaLog:
         claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for key in fresh:
             self._inflight[(topic, key)] = claim
-        try:
-            metas = await self._send(producer, topic, [events[i] for i in fresh.values()])
-        finally:
-            for key in fresh:
-                del self._inflight[(topic, key)]
-            claim.set_result(None)
-        for key in fresh:
-            seen[key] = None
-        while len(seen) > DEDUP_WINDOW:
-            seen.popitem(last=False)
+        delivery = asyncio.create_task(
+            self._send(producer, topic, [events[i] for i in fresh.values()])
+        )
+        self._deliveries.add(delivery)
+        keys = list(fresh)
+        delivery.add_done_callback(lambda d: self._settle(d, topic, keys, claim))
+        # The keys stay claimed until the cluster takes or refuses the events, even when
+        # this append gives up first (an outage): the producer keeps them and delivers
+        # them later, so a retry must not queue a second copy behind them.
+        metas = await asyncio.shield(delivery)
         offsets: list[int | None] = [None] * len(events)
         for i, meta in zip(fresh.values(), metas, strict=True):
             offsets[i] = meta.offset
         return AppendResult(tuple(offsets))
+
+    def _settle(
+        self,
+        delivery: asyncio.Task[list[Any]],
+        topic: str,
+        keys: list[str],
+        claim: asyncio.Future[None],
+    ) -> None:
+        """A delivery ended: its keys are in the log if it succeeded, and free again."""
+        self._deliveries.discard(delivery)
+        for key in keys:
+            del self._inflight[(topic, key)]
+        if not delivery.cancelled() and delivery.exception() is None:
+            seen = self._seen.setdefault(topic, OrderedDict())
+            for key in keys:
+                seen[key] = None
+            while len(seen) > DEDUP_WINDOW:
+                seen.popitem(last=False)
+        claim.set_result(None)
 
     async def _send(
         self, producer: AIOKafkaProducer, topic: str, events: Sequence[Envelope]
