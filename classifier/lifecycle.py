@@ -22,7 +22,7 @@ from schemas.incidents import (
     IncidentEventType,
 )
 from schemas.severity import Classification, Severity, highest, is_more_severe
-from store.base import AlertMark, GroupState
+from store.base import AlertIndex, AlertMark, GroupState
 
 SOURCE = "/sevpipe/classifier"
 _STATUS_ORDER = {"firing": 0, "resolved": 1}
@@ -172,13 +172,34 @@ def expire_grace(
     return [_event(cause_id, INCIDENT_RESOLVED, updated, change=change, previous=incident.severity)]
 
 
+def _index(group: GroupState, alerts: tuple[IncidentAlert, ...]) -> AlertIndex:
+    index = group.alert_index
+    if index is None or index.alerts is not alerts:
+        index = group.alert_index = AlertIndex.of(alerts)
+    return index
+
+
+def _find_alert(
+    group: GroupState, alerts: tuple[IncidentAlert, ...], fingerprint: str
+) -> IncidentAlert | None:
+    pos = _index(group, alerts).positions.get(fingerprint)
+    return None if pos is None else alerts[pos]
+
+
 def _replace_alert(
-    alerts: tuple[IncidentAlert, ...], new: IncidentAlert
+    group: GroupState, alerts: tuple[IncidentAlert, ...], new: IncidentAlert
 ) -> tuple[tuple[IncidentAlert, ...], IncidentAlert | None]:
-    old = next((a for a in alerts if a.fingerprint == new.fingerprint), None)
-    if old is None:
-        return (*alerts, new), None
-    return tuple(new if a.fingerprint == new.fingerprint else a for a in alerts), old
+    index = _index(group, alerts)
+    pos = index.positions.get(new.fingerprint)
+    if pos is None:
+        out = (*alerts, new)
+        index.positions[new.fingerprint] = len(alerts)
+        index.alerts = out
+        return out, None
+    old = alerts[pos]
+    out = (*alerts[:pos], new, *alerts[pos + 1 :])
+    index.alerts = out
+    return out, old
 
 
 def _open_or_reopen(
@@ -192,7 +213,7 @@ def _open_or_reopen(
     at = alert.time
     resolved_at = previous.resolved_at if previous else None
     if previous is not None and resolved_at is not None and at - resolved_at <= reopen_window:
-        alerts, _ = _replace_alert(previous.alerts, item)
+        alerts, _ = _replace_alert(group, previous.alerts, item)
         severity = highest(previous.severity, cls.severity)
         incident = previous.model_copy(
             update={
@@ -236,7 +257,7 @@ def _fire_in_open(
     group: GroupState, incident: Incident, alert: AlertInput, cls: Classification
 ) -> list[Change]:
     item = _incident_alert(alert.data, cls)
-    alerts, old = _replace_alert(incident.alerts, item)
+    alerts, old = _replace_alert(group, incident.alerts, item)
     if old is not None and old.status == "firing" and old.severity == item.severity:
         return []  # a repeat, or new annotations that change nothing we decide on
     severity = highest(incident.severity, cls.severity)
@@ -275,11 +296,11 @@ def _resolve_alert(
     group: GroupState, incident: Incident, alert: AlertInput, resolve_grace: timedelta
 ) -> list[Change]:
     data = alert.data
-    old = next((a for a in incident.alerts if a.fingerprint == data.fingerprint), None)
+    old = _find_alert(group, incident.alerts, data.fingerprint)
     if old is None or old.status == "resolved":
         return []
     resolved = old.model_copy(update={"status": "resolved", "ends_at": data.ends_at})
-    alerts, _ = _replace_alert(incident.alerts, resolved)
+    alerts, _ = _replace_alert(group, incident.alerts, resolved)
     at = max(alert.time, incident.updated_at)
     all_resolved = all(a.status == "resolved" for a in alerts)
     waiting = all_resolved and resolve_grace > timedelta(0)
