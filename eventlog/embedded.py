@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = tuple[str, str, str, int, str | None, bytes]  # key, id, type, time_ms, dedup_key, envelope
 PAGE = 1000
-MAX_ROWS_PER_STATEMENT = 512
+MAX_ROWS_PER_STATEMENT = 1024  # a cached 1024-row INSERT is ~650 KB in SQLite's cache
 PAGE_SIZE = 8192
 
 _SCHEMA = """
@@ -97,7 +97,7 @@ _INSERT = "INSERT INTO events (topic, key, id, type, time_ms, dedup_key, envelop
 _EXISTING = "SELECT dedup_key FROM events WHERE topic = ? AND dedup_key IN "
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _insert_sql(rows: int) -> str:
     return _INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
 
@@ -251,16 +251,14 @@ class EmbeddedLog:
     def _write(self, batch: list[_Pending]) -> list[AppendResult]:
         conn = self._wconn
         assert conn is not None, "log not started"  # noqa: S101
-        offsets: list[int | None] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Consecutive callers of one topic go in together, in the callers' order.
-            for topic, run in itertools.groupby(batch, key=lambda p: p.topic):
-                offsets += self._insert(conn, topic, [row for p in run for row in p.rows])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        # Consecutive callers of one topic go in together, in the callers' order.
+        runs = [
+            (topic, [row for p in run for row in p.rows])
+            for topic, run in itertools.groupby(batch, key=lambda p: p.topic)
+        ]
+        offsets = self._write_alone(conn, runs)
+        if offsets is None:
+            offsets = self._write_together(conn, runs)
         results: list[AppendResult] = []
         start = 0
         for pending in batch:
@@ -268,6 +266,38 @@ class EmbeddedLog:
             results.append(AppendResult(tuple(offsets[start:end])))
             start = end
         return results
+
+    def _write_alone(
+        self, conn: sqlite3.Connection, runs: list[tuple[str, list[Row]]]
+    ) -> list[int | None] | None:
+        """The usual batch, new events of one topic: one INSERT, its own transaction.
+
+        Every statement releases and retakes the GIL, and while the event loop's thread is
+        busy a retake waits for it; BEGIN and COMMIT would be two more waits per batch.
+        None when the batch needs an explicit transaction: several topics or statements,
+        or a repeat (the INSERT failed on the unique index and changed nothing).
+        """
+        if len(runs) != 1 or not 0 < len(runs[0][1]) <= self._max_rows:
+            return None
+        topic, rows = runs[0]
+        try:
+            return list(self._insert_rows(conn, topic, rows))
+        except sqlite3.IntegrityError:
+            return None
+
+    def _write_together(
+        self, conn: sqlite3.Connection, runs: list[tuple[str, list[Row]]]
+    ) -> list[int | None]:
+        offsets: list[int | None] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for topic, rows in runs:
+                offsets += self._insert(conn, topic, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return offsets
 
     def _insert(self, conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int | None]:
         """Insert the rows, but count those whose dedup key is in the topic as repeats.
@@ -323,14 +353,17 @@ class EmbeddedLog:
     def _insert_fresh(self, conn: sqlite3.Connection, topic: str, rows: list[Row]) -> list[int]:
         seqs: list[int] = []
         for start, size in _pieces(len(rows), self._max_rows):
-            args = [v for row in rows[start : start + size] for v in (topic, *row)]
-            cur = conn.execute(_insert_sql(size), args)
-            last = cur.lastrowid
-            if cur.rowcount != size or last is None:
-                raise sqlite3.IntegrityError(f"inserted {cur.rowcount} of {size} rows")
-            # One statement under the write lock: AUTOINCREMENT gives consecutive seqs.
-            seqs.extend(range(last - size + 1, last + 1))
+            seqs.extend(self._insert_rows(conn, topic, rows[start : start + size]))
         return seqs
+
+    @staticmethod
+    def _insert_rows(conn: sqlite3.Connection, topic: str, rows: list[Row]) -> range:
+        """One INSERT of ``rows``; their seqs are consecutive (one statement, one writer)."""
+        cur = conn.execute(_insert_sql(len(rows)), [v for row in rows for v in (topic, *row)])
+        last = cur.lastrowid
+        if cur.rowcount != len(rows) or last is None:  # not an IntegrityError: no retry
+            raise sqlite3.DatabaseError(f"inserted {cur.rowcount} of {len(rows)} rows")
+        return range(last - len(rows) + 1, last + 1)
 
     async def ping(self) -> None:
         if self._closed or self._wconn is None:
