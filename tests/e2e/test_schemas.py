@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import validator_for
 
+from .backends import BACKENDS, backend_named
 from .harness import Launcher, fixture_files, replay, sevpipe
 
 pytestmark = pytest.mark.e2e
@@ -61,20 +63,24 @@ def test_every_real_webhook_satisfies_the_webhook_schema(tmp_path: Path) -> None
     assert not webhook.is_valid(invalid)
 
 
-@pytest.fixture(scope="module")
-def log_events(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """Every event of a log that a real server wrote for all the fixtures."""
-    workdir = tmp_path_factory.mktemp("schemas-log")
-    launch = Launcher(workdir)
-    try:
-        server = launch.start(workdir / "data")
-        for fixture in fixture_files():
-            done = sevpipe("send", str(fixture), "--url", server.alerts_url)
-            assert done.returncode == 0, done.stderr
-        assert server.stop() == 0
-    finally:
-        launch.close()
-    return replay(workdir / "data")
+@pytest.fixture(scope="module", params=BACKENDS)
+def log_events(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[dict[str, Any]]]:
+    """Every event of a log that a real server wrote for all the fixtures (on Kafka: as the
+    envelopes come back from their ``ce_*`` headers and JSON values)."""
+    with backend_named(request.param, request) as backend:
+        workdir = tmp_path_factory.mktemp("schemas-log")
+        launch = Launcher(workdir)
+        try:
+            server = launch.start(workdir / "data", env=backend.env)
+            for fixture in fixture_files():
+                done = sevpipe("send", str(fixture), "--url", server.alerts_url)
+                assert done.returncode == 0, done.stderr
+            assert server.stop() == 0
+        finally:
+            launch.close()
+        yield replay(workdir / "data", env=backend.env)
 
 
 def test_alert_events_from_the_log_satisfy_their_schemas(
