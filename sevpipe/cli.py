@@ -207,13 +207,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from eventlog import EventLogError  # noqa: PLC0415
+    from store.base import StoreError  # noqa: PLC0415
 
     try:
         return COMMANDS[args.command](args)
     except SettingsError as exc:
         sys.stderr.write(f"sevpipe: {exc}\n")
         return EXIT_USAGE
-    except EventLogError as exc:
+    except (EventLogError, StoreError) as exc:
         sys.stderr.write(f"sevpipe: {exc}\n")
         return 1
     except KeyboardInterrupt:
