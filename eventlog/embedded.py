@@ -75,7 +75,7 @@ def _to_row(event: Envelope, dedup_key: str | None) -> Row:
         event.type,
         time_ms,
         dedup_key,
-        event.model_dump_json().encode(),
+        event.json_bytes(),
     )
 
 

@@ -7,9 +7,10 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = "1"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -119,3 +120,51 @@ class Envelope(BaseModel):
             subject=subject,
             data=data.model_dump(mode="json"),
         )
+
+    def json_bytes(self) -> bytes:
+        """``model_dump_json()``, encoded; by orjson (~3x faster) where that is the same.
+
+        It is when ``data`` holds plain JSON values, as ``new`` and parsing make it. orjson
+        refuses anything else (datetimes, models, sets, huge ints, subclasses, ...), and
+        then pydantic serialises the envelope; so it does for subclasses of Envelope.
+        """
+        if type(self) is Envelope and _ENVELOPE_FIELDS_KNOWN:
+            try:
+                return orjson.dumps(
+                    {
+                        "id": self.id,
+                        "type": self.type,
+                        "source": self.source,
+                        "time": _TIME.dump_python(self.time, mode="json"),
+                        "subject": self.subject,
+                        "schemaversion": self.schemaversion,
+                        "data": self.data,
+                    },
+                    default=_not_plain_json,
+                    option=_PLAIN_JSON_ONLY,
+                )
+            except TypeError:
+                pass
+        return self.model_dump_json().encode()
+
+
+# json_bytes writes these fields itself; a new one turns its orjson path off.
+_ENVELOPE_FIELDS_KNOWN = tuple(Envelope.model_fields) == (
+    "id",
+    "type",
+    "source",
+    "time",
+    "subject",
+    "schemaversion",
+    "data",
+)
+_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+_PLAIN_JSON_ONLY = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _not_plain_json(value: object) -> NoReturn:
+    raise TypeError(f"not plain JSON: {type(value).__name__}")
