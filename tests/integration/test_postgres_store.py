@@ -6,7 +6,6 @@ Each test gets a database of its own on the real test server, dropped afterwards
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 from services import Services, unique_name
+from tcp_proxy import TcpProxy
 
 from schemas import TOPIC_INCIDENTS, Envelope, new_event_id
 from schemas.incidents import Incident, IncidentEventData
@@ -225,45 +225,8 @@ async def test_a_query_stuck_behind_a_lock_times_out_as_unavailable(dsn: str) ->
         assert (await store.load_groups(["k"]))["k"].version == 2
 
 
-class _Proxy:
-    """A TCP relay in front of PostgreSQL that a test can cut and restore."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        """Stop listening and drop every connection, as a crashed server would."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for w in self._writers:
-            w.transport.abort()
-        self._writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    writer.transport.abort()
-
-
 async def test_the_pool_recovers_when_the_server_comes_back(dsn: str) -> None:
-    proxy = _Proxy(int(urlsplit(dsn).port or 5432))
+    proxy = TcpProxy(int(urlsplit(dsn).port or 5432))
     await proxy.start()
     parts = urlsplit(dsn)
     proxied = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
