@@ -76,7 +76,7 @@ async def alert_inputs(
     record: Record
     async for record in eventlog.read([TOPIC_ALERTS], since=since, until=until):
         try:
-            env = AlertEnvelope.model_validate_json(record.raw)
+            env = record.decode(AlertEnvelope)
         except ValidationError as exc:
             # Skipped as the live stage skips it, so both see the same alert stream.
             log.warning("skipping alert event at offset %d: %s", record.offset, exc)

@@ -25,6 +25,7 @@ from classifier.outbox import relay_outbox
 from classifier.policy import Policy
 from eventlog import EventLog, Record, Subscription
 from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData, derived_event_id
+from schemas.events import AlertEnvelope
 from store.base import (
     GroupState,
     IncidentQuery,
@@ -73,17 +74,29 @@ def incident_key(data: AlertEventData, policy: Policy) -> str:
 def _inputs(records: Sequence[Record]) -> list[AlertInput]:
     out = []
     for record in records:
-        env = record.envelope
-        if env.type not in ALERT_TYPES:
-            continue
         try:
-            out.append(AlertInput(env.id, env.time, AlertEventData.model_validate(env.data)))
+            env = record.decode(AlertEnvelope)
         except ValidationError as exc:
+            if _other_type(record):
+                continue  # not ours to classify
             # A malformed event must not wedge the stage; it stays in the log for inspection.
             log.error(  # noqa: TRY400 - the validation message is the useful part
-                "skipping alert event %s at offset %d: %s", env.id, record.offset, exc
+                "skipping malformed alert event at %s offset %d: %s",
+                record.topic,
+                record.offset,
+                exc,
             )
+            continue
+        if env.type in ALERT_TYPES:
+            out.append(AlertInput(env.id, env.time, env.data))
     return out
+
+
+def _other_type(record: Record) -> bool:
+    try:
+        return record.envelope.type not in ALERT_TYPES
+    except ValidationError:
+        return False
 
 
 @dataclass

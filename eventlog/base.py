@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from schemas import Envelope
+
+E = TypeVar("E", bound=Envelope)
 
 
 class EventLogError(Exception):
@@ -29,11 +31,12 @@ class LogClosed(EventLogError):
 class Record:
     """An event as stored: where it sits in the log, and the envelope.
 
-    The envelope is parsed from ``raw`` (its JSON) on first use, so a reader that wants a
-    typed payload (a backtest) can parse ``raw`` once with its own model instead.
+    A backend hands over the envelope or its JSON (``raw``), whichever it has; the other is
+    made on first use. ``decode`` parses straight into a typed envelope, so a consumer that
+    wants a typed payload parses once.
     """
 
-    __slots__ = ("_envelope", "key", "offset", "partition", "raw", "topic")
+    __slots__ = ("_envelope", "_raw", "key", "offset", "partition", "topic")
 
     def __init__(
         self,
@@ -52,13 +55,25 @@ class Record:
         self.offset = offset
         self.key = key
         self._envelope = envelope
-        self.raw = raw if raw is not None else envelope.model_dump_json().encode()  # type: ignore[union-attr]
+        self._raw = raw
 
     @property
     def envelope(self) -> Envelope:
         if self._envelope is None:
             self._envelope = Envelope.model_validate_json(self.raw)
         return self._envelope
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = self.envelope.model_dump_json().encode()
+        return self._raw
+
+    def decode(self, model: type[E]) -> E:
+        """The envelope as ``model`` (an Envelope with a typed ``data``), parsed once."""
+        if self._envelope is None:
+            return model.model_validate_json(self.raw)
+        return model.model_validate(dict(self._envelope))
 
     def __repr__(self) -> str:
         return f"Record({self.topic!r}, {self.partition}, {self.offset}, {self.key!r})"
