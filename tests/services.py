@@ -7,13 +7,15 @@ session to start them. A missing service fails the tests that need it; nothing i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -88,3 +90,24 @@ def services() -> Iterator[Services]:
 def unique_name(prefix: str) -> str:
     """A fresh topic, group or key prefix per test, as the tests share the servers."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(services: Services, prefix: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test; its DSN, dropped afterwards."""
+    name = unique_name(prefix).replace("-", "_")
+    await _admin(services.postgres_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        yield urlsplit(services.postgres_dsn)._replace(path=f"/{name}").geturl()
+    finally:
+        await _admin(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from services import Services, unique_name
+from services import Services, fresh_database
 from tcp_proxy import TcpProxy
 
 from schemas import TOPIC_INCIDENTS, Envelope, new_event_id
@@ -32,22 +32,10 @@ from store.migrations import migrate, migrations
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def dsn(services: Services) -> AsyncIterator[str]:
-    name = unique_name("sevpipe_pgstore").replace("-", "_")
-    await _admin(services.postgres_dsn, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(services.postgres_dsn)._replace(path=f"/{name}").geturl()
-    finally:
-        await _admin(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(services, "sevpipe_pgstore") as url:
+        yield url
 
 
 def incident(version: int) -> Incident:

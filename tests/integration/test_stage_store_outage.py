@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from incident_support import alert_json, append_webhook, webhook
 from prometheus_client import CollectorRegistry
-from services import Services, unique_name
+from services import Services, fresh_database
 from tcp_proxy import TcpProxy
 
 from classifier.policy import default_policy
@@ -23,22 +22,10 @@ from store.base import IncidentQuery
 from store.postgres import PostgresStore
 
 
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def dsn(services: Services) -> AsyncIterator[str]:
-    name = unique_name("sevpipe_outage").replace("-", "_")
-    await _admin(services.postgres_dsn, f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(services.postgres_dsn)._replace(path=f"/{name}").geturl()
-    finally:
-        await _admin(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with fresh_database(services, "sevpipe_outage") as url:
+        yield url
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
