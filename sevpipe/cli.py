@@ -119,8 +119,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from sevpipe.backends import open_eventlog  # noqa: PLC0415
     from sevpipe.replay import write_jsonl, write_table  # noqa: PLC0415
 
+    from schemas import TOPICS  # noqa: PLC0415
+
     settings = _settings(args)
     since, until = _times(args)
+    for topic in args.topic or ():
+        if topic not in TOPICS:  # likely a typo: say so rather than print nothing
+            sys.stderr.write(f"sevpipe: note: {topic!r} is not one of {', '.join(TOPICS)}\n")
 
     async def main() -> int:
         async with open_eventlog(settings, create=False) as eventlog:

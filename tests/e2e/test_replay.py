@@ -195,3 +195,8 @@ def test_no_log_is_one_line_error(tmp_path: Path, exists: bool, fmt: str) -> Non
     assert done.stderr == f"sevpipe: no event log at {data_dir / 'events.db'}\n"
     assert data_dir.exists() == exists  # replay creates nothing
     assert not (data_dir / "events.db").exists()
+
+
+def test_an_unknown_topic_gets_a_note_on_stderr(tmp_path: Path) -> None:
+    done = sevpipe("replay", "--data-dir", str(tmp_path), "--topic", "sevpipe.alert")
+    assert "'sevpipe.alert' is not one of sevpipe.alerts" in done.stderr
