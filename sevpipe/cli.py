@@ -116,10 +116,9 @@ def tune_gc() -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from schemas import TOPICS  # noqa: PLC0415
     from sevpipe.backends import open_eventlog  # noqa: PLC0415
     from sevpipe.replay import write_jsonl, write_table  # noqa: PLC0415
-
-    from schemas import TOPICS  # noqa: PLC0415
 
     settings = _settings(args)
     since, until = _times(args)
