@@ -270,6 +270,20 @@ async def test_a_stale_incident_conflicts_and_rolls_back_its_group(store: Incide
     assert len(await store.timeline(inc.id)) == 2
 
 
+async def test_an_incident_written_without_its_group_is_still_version_checked(
+    store: IncidentStore,
+) -> None:
+    # The API changes an older incident of a key without touching the group.
+    inc, _ = await open_first(store)
+    a = inc.model_copy(update={"version": 2, "severity": "SEV-3"})
+    b = inc.model_copy(update={"version": 2, "severity": "SEV-0"})
+    await store.save([], [IncidentWrite(a, 1)], outbox(event(a)))
+    with pytest.raises(StoreConflict):
+        await store.save([], [IncidentWrite(b, 1)], outbox(event(b)))
+    assert await store.get_incident(inc.id) == a
+    assert len(await store.timeline(inc.id)) == 2
+
+
 async def test_two_writers_creating_the_same_group_the_second_conflicts(
     store: IncidentStore,
 ) -> None:
