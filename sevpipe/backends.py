@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
 from eventlog import EmbeddedLog, EventLog
 from sevpipe.settings import Settings
@@ -44,10 +47,48 @@ def make_store(settings: Settings) -> IncidentStore:
     return EmbeddedStore(settings.store_path, synchronous=settings.fsync)
 
 
+class _Backend(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+B = TypeVar("B", bound=_Backend)
+
+
+async def _start(make: Callable[[], B], what: str, *, wait: bool) -> B:
+    """Start a backend; with ``wait``, wait out a server that is not up yet (a deploy where
+    sevpipe starts before Kafka or PostgreSQL) instead of exiting at once."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(lambda e: wait and bool(getattr(e, "retriable", False))),
+        wait=wait_exponential(multiplier=0.5, max=30),
+        before_sleep=lambda rs: log.warning(
+            "waiting for %s: %s", what, rs.outcome.exception() if rs.outcome else "?"
+        ),
+        reraise=True,
+    ):
+        with attempt:
+            backend = make()
+            try:
+                await backend.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await backend.close()
+                raise
+            return backend
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @contextlib.asynccontextmanager
-async def open_eventlog(settings: Settings, *, create: bool = True) -> AsyncIterator[EventLog]:
-    eventlog = make_eventlog(settings, create=create)
-    await eventlog.start()
+async def open_eventlog(
+    settings: Settings, *, create: bool = True, wait: bool = False
+) -> AsyncIterator[EventLog]:
+    """The log, started. ``wait`` (servers) waits for Kafka to be reachable."""
+    eventlog = await _start(
+        lambda: make_eventlog(settings, create=create),
+        "kafka" if settings.kafka_bootstrap else "the event log",
+        wait=wait and bool(settings.kafka_bootstrap),
+    )
     try:
         yield eventlog
     finally:
@@ -55,9 +96,13 @@ async def open_eventlog(settings: Settings, *, create: bool = True) -> AsyncIter
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[IncidentStore]:
-    store = make_store(settings)
-    await store.start()
+async def open_store(settings: Settings, *, wait: bool = False) -> AsyncIterator[IncidentStore]:
+    """The store, started. ``wait`` (servers) waits for PostgreSQL to be reachable."""
+    store = await _start(
+        lambda: make_store(settings),
+        "postgresql" if settings.postgres_dsn else "the store",
+        wait=wait and bool(settings.postgres_dsn),
+    )
     try:
         yield store
     finally:

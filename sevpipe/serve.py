@@ -74,7 +74,10 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
     creds = settings.credentials()
     registry = CollectorRegistry()
     log.info("starting %s on %s", "+".join(sorted(roles)), describe(settings))
-    async with open_eventlog(settings) as eventlog, open_store(settings) as store:
+    async with (
+        open_eventlog(settings, wait=True) as eventlog,
+        open_store(settings, wait=True) as store,
+    ):
         routes: list[web.RouteDef] = []
         if "ingest" in roles:
             receiver = Receiver(settings.receiver_config(), eventlog, ReceiverMetrics(registry))
