@@ -127,7 +127,17 @@ def test_topic_filter(log: Log) -> None:
     alerts = log.replay("--topic", TOPIC_ALERTS)
     assert _ids(alerts) == _ids([e for e in log.events if log.topic_of(e) == TOPIC_ALERTS])
     assert len(alerts) == 3
-    assert log.replay("--topic", "sevpipe.no-such-topic") == []
+    unknown = sevpipe(
+        "replay",
+        "--data-dir",
+        str(log.data_dir),
+        "--topic",
+        "sevpipe.no-such-topic",
+        env=log.backend.env,
+    )
+    assert unknown.returncode == 0, unknown.stderr
+    assert unknown.stdout == ""
+    assert "'sevpipe.no-such-topic' is not one of" in unknown.stderr
 
 
 def test_since_and_until_with_iso_times(log: Log) -> None:
