@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record
+from eventlog.embedded_consumer import EmbeddedSubscription
 from schemas import Envelope
 
 log = logging.getLogger(__name__)
@@ -455,58 +456,3 @@ class EmbeddedLog:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-
-class EmbeddedSubscription:
-    """The only member of its group (the embedded log runs in one process)."""
-
-    def __init__(self, log_: EmbeddedLog, topics: tuple[str, ...], group: str) -> None:
-        self._log = log_
-        self._topics = topics
-        self._group = group
-        self._position: int | None = None  # last seq fetched
-        self._committed: int | None = None
-
-    async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
-        lg = self._log
-        if self._position is None:
-            committed = await lg._in_reader(lambda: lg._committed(self._group, self._topics))
-            self._position = self._committed = committed - 1 if committed else 0
-        wakeup = lg._wakeup
-        after = self._position
-        records = await lg._in_reader(lambda: lg._select(self._topics, after, max_records))
-        if not records and not lg._closed:
-            # An append in this process wakes us at once; the timeout only covers writers
-            # in other processes.
-            try:
-                await asyncio.wait_for(wakeup.wait(), max_wait)
-            except TimeoutError:
-                return []
-            records = await lg._in_reader(lambda: lg._select(self._topics, after, max_records))
-        if records:
-            self._position = records[-1].offset
-        return records
-
-    async def commit(self) -> None:
-        position = self._position
-        if position is None or position == self._committed:
-            return
-        if self._log._closed:
-            raise LogClosed("event log is closed; offsets not committed")
-        try:
-            await self._log._in_writer(
-                lambda: self._log._commit(self._group, self._topics, position + 1)
-            )
-        except sqlite3.Error as exc:
-            raise LogUnavailable(f"offset commit failed: {exc}") from exc
-        self._committed = position
-
-    def lag(self) -> dict[tuple[str, int], int]:
-        """Offsets between this consumer and the end of the log (offsets are log-wide here,
-        so other topics' events count too: an upper bound)."""
-        if self._position is None:
-            return {}
-        return {(",".join(self._topics), 0): max(0, self._log.last_offset - self._position)}
-
-    async def close(self) -> None:
-        self._position = None
