@@ -1,4 +1,4 @@
-"""``sevpipe run``: every stage that exists, in one process, on the embedded default."""
+"""The server processes: ``sevpipe run`` (every stage), ``sevpipe ingest``, ``sevpipe classify``."""
 
 from __future__ import annotations
 
@@ -116,11 +116,6 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 await _finish(stage_task, settings.shutdown_timeout)
     log.info("stopped")
     return 1 if failed else 0
-
-
-async def run(settings: Settings) -> None:
-    """``sevpipe run``: every stage in one process."""
-    await serve(settings, ROLES)
 
 
 class InFlight:
