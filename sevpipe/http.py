@@ -64,9 +64,7 @@ async def json_http_errors(request: web.Request, handler: Any) -> web.StreamResp
 def build_app(
     routes: list[web.RouteDef], eventlog: EventLog, registry: CollectorRegistry, max_body: int
 ) -> web.Application:
-    app = web.Application(
-        middlewares=[json_http_errors, never_500], client_max_size=max_body, handler_args={}
-    )
+    app = web.Application(middlewares=[json_http_errors, never_500], client_max_size=max_body)
 
     async def healthz(_: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
