@@ -204,3 +204,26 @@ def alert_events(
 
 def fixture_files() -> Sequence[Path]:
     return sorted(FIXTURES.glob("*.json"))
+
+
+def group_webhook(
+    group_key: str,
+    service: str,
+    alertname: str,
+    alerts: Sequence[Mapping[str, Any]],
+    *,
+    status: str = "firing",
+) -> dict[str, Any]:
+    """A webhook body as Alertmanager sends it for one group grouped by ``service``."""
+    return {
+        "version": "4",
+        "groupKey": group_key,
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "sevpipe",
+        "groupLabels": {"service": service},
+        "commonLabels": {"alertname": alertname, "service": service},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": list(alerts),
+    }

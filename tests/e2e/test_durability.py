@@ -26,7 +26,7 @@ import orjson
 import pytest
 
 from .backends import Backend
-from .harness import Launcher, Server, alert_events
+from .harness import Launcher, Server, alert_events, group_webhook
 
 pytestmark = pytest.mark.e2e
 
@@ -89,18 +89,8 @@ def make_webhook(client: int, seq: int) -> dict[str, Any]:
             }
         )
     firing = any(a["status"] == "firing" for a in alerts)
-    return {
-        "version": "4",
-        "groupKey": group_key,
-        "truncatedAlerts": 0,
-        "status": "firing" if firing else "resolved",
-        "receiver": "sevpipe",
-        "groupLabels": {"service": service},
-        "commonLabels": {"alertname": "HighErrorRate", "service": service},
-        "commonAnnotations": {},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": alerts,
-    }
+    status = "firing" if firing else "resolved"
+    return group_webhook(group_key, service, "HighErrorRate", alerts, status=status)
 
 
 def _parse_time(text: str) -> datetime:

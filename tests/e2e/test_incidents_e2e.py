@@ -20,7 +20,7 @@ import pytest
 from classifier.policy import default_policy, load_policy
 
 from .backends import Backend
-from .harness import FIXTURES, Launcher, Server, replay, sevpipe
+from .harness import FIXTURES, Launcher, Server, group_webhook, replay, sevpipe
 
 pytestmark = pytest.mark.e2e
 
@@ -224,16 +224,7 @@ def storm_webhook(g: int, r: int) -> dict[str, Any]:
         first["startsAt"] = rfc3339(BASE_TIME + timedelta(seconds=g * 100))
         first["endsAt"] = rfc3339(BASE_TIME + timedelta(seconds=g * 100 + 60))
         alerts.append(first)
-    return {
-        "version": "4",
-        "groupKey": group_key(g),
-        "status": "firing",
-        "receiver": "sevpipe",
-        "groupLabels": {"service": service},
-        "commonLabels": {"alertname": "HighErrorRate", "service": service},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": alerts,
-    }
+    return group_webhook(group_key(g), service, "HighErrorRate", alerts)
 
 
 def expected_alerts(g: int) -> dict[str, str]:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from services import unique_name
 
-from .harness import Launcher, Server, alert_events
+from .harness import Launcher, Server, alert_events, group_webhook
 from .outage import PrivateServices
 
 pytestmark = pytest.mark.e2e
@@ -58,29 +58,15 @@ def group_key(g: int) -> str:
 def webhook(g: int, r: int) -> dict[str, Any]:
     service = f"outage-{g:02d}"
     starts = BASE_TIME + timedelta(seconds=g * 1000 + r)
-    return {
-        "version": "4",
-        "groupKey": group_key(g),
+    alert = {
         "status": "firing",
-        "receiver": "sevpipe",
-        "groupLabels": {"service": service},
-        "commonLabels": {"alertname": "QueueBacklog", "service": service},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {
-                    "alertname": "QueueBacklog",
-                    "service": service,
-                    "impact": "performance",
-                },
-                "annotations": {"summary": f"{service} backlog, round {r}"},
-                "startsAt": starts.isoformat().replace("+00:00", "Z"),
-                "endsAt": "0001-01-01T00:00:00Z",
-                "fingerprint": f"{g:02d}-{r:04d}",
-            }
-        ],
+        "labels": {"alertname": "QueueBacklog", "service": service, "impact": "performance"},
+        "annotations": {"summary": f"{service} backlog, round {r}"},
+        "startsAt": starts.isoformat().replace("+00:00", "Z"),
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": f"{g:02d}-{r:04d}",
     }
+    return group_webhook(group_key(g), service, "QueueBacklog", [alert])
 
 
 @dataclass

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from .backends import Backend, backend_named
-from .harness import TOPIC_ALERTS, Launcher, Server, replay
+from .harness import TOPIC_ALERTS, Launcher, Server, group_webhook, replay
 
 pytestmark = pytest.mark.e2e
 
@@ -86,16 +86,7 @@ def webhook(g: int, r: int) -> dict[str, Any]:
                 "fingerprint": f"{g:02d}-0-0",
             }
         )
-    return {
-        "version": "4",
-        "groupKey": group_key(g),
-        "status": "firing",
-        "receiver": "sevpipe",
-        "groupLabels": {"service": service},
-        "commonLabels": {"alertname": "HighLatency", "service": service},
-        "externalURL": "http://alertmanager:9093",
-        "alerts": alerts,
-    }
+    return group_webhook(group_key(g), service, "HighLatency", alerts)
 
 
 def expected_alerts(g: int) -> dict[str, str]:
