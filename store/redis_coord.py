@@ -1,8 +1,9 @@
 """The Redis coordinator: locks, cooldowns and rate limits shared by every replica.
 
 Each decision is one atomic command or Lua script, so replicas never interleave inside one.
-Time comes from the Redis server (key expiry, ``TIME``), so the replicas' clocks do not have
-to agree.
+Locks are redis-py's ``Lock`` (SET NX PX to take, token-checked scripts to release and
+extend); cooldowns and rate limits are our own scripts. Time comes from the Redis server
+(key expiry, ``TIME``), so the replicas' clocks do not have to agree.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.lock import Lock
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.retry import Retry
@@ -22,15 +24,6 @@ from redis.retry import Retry
 from store.base import StoreError, StoreUnavailable
 from store.coordination import LockToken, RateDecision
 
-# Compare-and-delete / compare-and-expire: only the holder's token may end or extend a lock.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 # A cooldown is only ever lengthened (PTTL is -2 without a key).
 _COOLDOWN = """
 local ms = tonumber(ARGV[1])
@@ -107,9 +100,7 @@ class RedisCoordinator:
             await client.aclose()
             raise
         # EVALSHA with a fallback to loading the script: a restarted Redis has lost its cache.
-        self._scripts = {
-            s: client.register_script(s) for s in (_RELEASE, _EXTEND, _COOLDOWN, _RATE)
-        }
+        self._scripts = {s: client.register_script(s) for s in (_COOLDOWN, _RATE)}
         self._client = client
 
     async def close(self) -> None:
@@ -127,18 +118,48 @@ class RedisCoordinator:
         with _translated():
             return await self._scripts[script](keys=[self._prefix + key], args=list(args))
 
+    def _lock(self, name: str, ttl: float, token: str | None = None) -> Lock:
+        # A LockToken is a plain value that outlives any Lock object, so a Lock is rebuilt
+        # from it for each call; thread_local=False keeps the token on the object itself,
+        # where redis-py's release/extend read it (tasks share the loop's one thread).
+        # Lock truncates its timeout to whole ms; _ms keeps that at 1 ms or more.
+        lock = Lock(
+            self._redis(),
+            self._prefix + "lock:" + name,
+            timeout=_ms(ttl) / 1000,
+            blocking=False,
+            thread_local=False,
+        )
+        if token is not None:
+            lock.local.token = token.encode()
+        return lock
+
     async def acquire_lock(self, name: str, ttl: float) -> LockToken | None:
         token = secrets.token_hex(16)
-        client = self._redis()
+        lock = self._lock(name, ttl)
         with _translated():
-            ok = await client.set(self._prefix + "lock:" + name, token, nx=True, px=_ms(ttl))
+            ok = await lock.acquire(blocking=False, token=token)
         return LockToken(name, token) if ok else None
 
     async def extend_lock(self, token: LockToken, ttl: float) -> bool:
-        return bool(await self._script(_EXTEND, "lock:" + token.name, token.token, _ms(ttl)))
+        lock = self._lock(token.name, ttl, token.token)
+        with _translated():
+            try:
+                # replace_ttl: the contract is "ttl from now", not "ttl more than is left".
+                await lock.extend(_ms(ttl) / 1000, replace_ttl=True)
+            except redis.exceptions.LockNotOwnedError:
+                return False
+        return True
 
     async def release_lock(self, token: LockToken) -> bool:
-        return bool(await self._script(_RELEASE, "lock:" + token.name, token.token))
+        # The ttl only satisfies Lock's constructor; release does not use it.
+        lock = self._lock(token.name, 1, token.token)
+        with _translated():
+            try:
+                await lock.release()
+            except redis.exceptions.LockNotOwnedError:
+                return False
+        return True
 
     async def start_cooldown(self, key: str, seconds: float) -> None:
         if seconds > 0:

@@ -17,6 +17,7 @@ from services import Services, unique_name
 from store import (
     Coordinator,
     LocalCoordinator,
+    LockToken,
     RedisCoordinator,
     StoreUnavailable,
 )
@@ -99,6 +100,39 @@ async def test_extending_a_lock_keeps_it_past_its_first_ttl(pair: Pair) -> None:
     await asyncio.sleep(0.3)
     assert await two.acquire_lock("target", 5) is None
     assert await one.release_lock(held)
+
+
+async def test_a_non_holder_can_neither_release_nor_extend(pair: Pair) -> None:
+    one, two = pair
+    held = await one.acquire_lock("target", 0.3)
+    assert held is not None
+    forged = LockToken("target", "not-the-holders-token")
+
+    assert not await two.release_lock(forged)
+    assert not await two.extend_lock(forged, 5)
+    assert await two.acquire_lock("target", 5) is None  # still held by one
+    await asyncio.sleep(0.4)  # the failed extend did not stretch it either
+    assert await two.acquire_lock("target", 5) is not None
+
+
+async def test_a_lapsed_lock_cannot_be_extended_or_released(pair: Pair) -> None:
+    one, two = pair
+    held = await one.acquire_lock("target", 0.2)
+    assert held is not None
+    await asyncio.sleep(0.3)  # lapsed, and nobody has taken it since
+
+    assert not await one.extend_lock(held, 5)
+    assert not await one.release_lock(held)
+    assert await two.acquire_lock("target", 5) is not None  # extend did not revive it
+
+
+async def test_extend_sets_the_ttl_from_now_rather_than_adding_to_it(pair: Pair) -> None:
+    one, two = pair
+    held = await one.acquire_lock("target", 5)
+    assert held is not None
+    assert await one.extend_lock(held, 0.2)  # shortens: 0.2 s from now, not 5.2 s
+    await asyncio.sleep(0.3)
+    assert await two.acquire_lock("target", 5) is not None
 
 
 async def test_durations_must_be_positive(pair: Pair) -> None:
