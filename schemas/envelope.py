@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION = "1"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -105,7 +105,9 @@ class Envelope(BaseModel):
     id: str = Field(description="unique, sortable (ULID)")
     type: str = Field(description="e.g. alert.firing")
     source: str = Field(description="the stage that wrote it, e.g. /sevpipe/ingest")
-    time: datetime = Field(description="when the event was made, UTC")
+    # Aware only: a naive time from a foreign producer means nothing certain (whose local
+    # time?), and comparing it with ours would raise deep inside a stage.
+    time: AwareDatetime = Field(description="when the event was made, with its UTC offset")
     subject: str = Field(description="the key: incident group key or incident id")
     schemaversion: str = SCHEMA_VERSION
     data: dict[str, Any] = Field(description="the payload; its model is named by type")
