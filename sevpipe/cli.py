@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="print the event log")
     _add_settings_args(replay, server=False)
     replay.add_argument("--topic", action="append", help="topic to print (repeatable; default all)")
-    replay.add_argument("--since", help="from this time: 2h, 30m, 7d or ISO 8601")
+    replay.add_argument("--since", help="from this time: 90m, 1h30m, 7d ago, or ISO 8601")
     replay.add_argument("--until", help="up to this time (exclusive)")
     replay.add_argument("--from-offset", type=int, help="from this offset (inclusive)")
     replay.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser("backtest", help="replay alert history through another policy")
     _add_settings_args(backtest, server=False)
     backtest.add_argument("--policy", type=Path, required=True, help="the candidate policy")
-    backtest.add_argument("--since", help="from this time: 2h, 30m, 7d or ISO 8601")
+    backtest.add_argument("--since", help="from this time: 90m, 1h30m, 7d ago, or ISO 8601")
     backtest.add_argument("--until", help="up to this time (exclusive)")
     backtest.add_argument("--format", choices=("table", "json"), default="table")
     return parser
@@ -153,7 +153,7 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def _times(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
-    from sevpipe.replay import parse_time  # noqa: PLC0415
+    from schemas.durations import parse_time  # noqa: PLC0415
 
     try:
         since = parse_time(args.since) if args.since else None

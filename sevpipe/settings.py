@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 
 from classifier.policy import Policy, default_policy, load_policy
 from ingest import Credentials, ReceiverConfig
+from schemas.durations import Seconds
 from schemas.yamlfile import ConfigFileError, YamlDocument
 
 
@@ -65,7 +66,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
-    shutdown_timeout: float = Field(10.0, gt=0, description="seconds to drain on SIGTERM")
+    shutdown_timeout: Seconds = Field(
+        10.0, gt=0, description="how long to drain on SIGTERM: seconds, or 30s, 1m"
+    )
 
     @field_validator("host")
     @classmethod

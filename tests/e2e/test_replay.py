@@ -163,6 +163,10 @@ def test_since_and_until_with_iso_times(log: Log) -> None:
 def test_since_and_until_with_durations(log: Log) -> None:
     assert _ids(log.replay("--since", "2h")) == _ids(log.events)
     assert log.replay("--until", "2h") == []
+    # The log was written a moment ago: all of it is within 90 minutes, none older.
+    for ago in ("90m", "1h30m", "PT90M"):
+        assert _ids(log.replay("--since", ago)) == _ids(log.events), ago
+        assert log.replay("--until", ago) == [], ago
 
 
 def test_from_offset(log: Log) -> None:
@@ -190,7 +194,8 @@ def test_unreadable_time_is_one_line_naming_it(log: Log) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr == (
-        "sevpipe: invalid time 'yesterday': use a duration like 2h, 30m, 7d or an ISO time\n"
+        "sevpipe: invalid time 'yesterday': use a duration like 90m, 1h30m, 7d"
+        " or an ISO 8601 time\n"
     )
 
 
