@@ -8,6 +8,7 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.alertmanager import Alert, AlertStatus, Webhook
+from schemas.deadletter import DEADLETTER_EVENT_MODELS, TOPIC_DEADLETTER
 from schemas.envelope import Envelope
 from schemas.incidents import INCIDENT_EVENT_TYPES, IncidentEventData
 
@@ -15,7 +16,13 @@ TOPIC_ALERTS: Final = "sevpipe.alerts"
 TOPIC_INCIDENTS: Final = "sevpipe.incidents"
 TOPIC_ACTIONS: Final = "sevpipe.actions"
 TOPIC_NOTIFICATIONS: Final = "sevpipe.notifications"
-TOPICS: Final = (TOPIC_ALERTS, TOPIC_INCIDENTS, TOPIC_ACTIONS, TOPIC_NOTIFICATIONS)
+TOPICS: Final = (
+    TOPIC_ALERTS,
+    TOPIC_INCIDENTS,
+    TOPIC_ACTIONS,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_DEADLETTER,
+)
 
 ALERT_FIRING: Final = "alert.firing"
 ALERT_RESOLVED: Final = "alert.resolved"
@@ -101,6 +108,7 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     ALERT_FIRING: AlertEventData,
     ALERT_RESOLVED: AlertEventData,
     **dict.fromkeys(INCIDENT_EVENT_TYPES, IncidentEventData),
+    **DEADLETTER_EVENT_MODELS,
 }
 """Every event type and its payload model; ``sevpipe schemas`` writes one JSON Schema each."""
 
