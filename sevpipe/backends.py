@@ -12,6 +12,8 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 from eventlog import EmbeddedLog, EventLog
 from sevpipe.settings import Settings
 from store import EmbeddedStore, IncidentStore
+from store.effects import EffectsLedger
+from store.effects_embedded import EmbeddedEffectsLedger
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +109,29 @@ async def open_store(settings: Settings, *, wait: bool = False) -> AsyncIterator
         yield store
     finally:
         await store.close()
+
+
+def make_effects_ledger(settings: Settings) -> EffectsLedger:
+    """PostgreSQL when a DSN is set (the replicas of a stage share it), else SQLite in the
+    data dir. The embedded ledger is always fsynced fully, whatever ``settings.fsync`` says."""
+    if settings.postgres_dsn:
+        from store.effects_postgres import PostgresEffectsLedger  # noqa: PLC0415 - asyncpg
+
+        return PostgresEffectsLedger(settings.postgres_dsn.get_secret_value())
+    return EmbeddedEffectsLedger(settings.effects_path)
+
+
+@contextlib.asynccontextmanager
+async def open_effects_ledger(
+    settings: Settings, *, wait: bool = False
+) -> AsyncIterator[EffectsLedger]:
+    """The effects ledger, started. ``wait`` (servers) waits for PostgreSQL to be reachable."""
+    ledger = await _start(
+        lambda: make_effects_ledger(settings),
+        "postgresql" if settings.postgres_dsn else "the effects ledger",
+        wait=wait and bool(settings.postgres_dsn),
+    )
+    try:
+        yield ledger
+    finally:
+        await ledger.close()

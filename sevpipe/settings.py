@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     def store_path(self) -> Path:
         return self.data_dir / "store.db"
 
+    @property
+    def effects_path(self) -> Path:
+        return self.data_dir / "effects.db"
+
     def policy(self) -> Policy:
         if self.policy_file is None:
             return default_policy()

@@ -21,6 +21,8 @@ from effects_support import (
     ledger_fixture,  # noqa: F401 - the fixture "ledger"
 )
 
+from sevpipe.backends import open_effects_ledger
+from sevpipe.settings import Settings
 from store.effects import (
     Claim,
     Claimed,
@@ -44,6 +46,19 @@ OUTCOME: dict[str, Any] = {
 def test_backends_satisfy_the_protocol(tmp_path: Path) -> None:
     assert isinstance(EmbeddedEffectsLedger(tmp_path / "e.db"), EffectsLedger)
     assert isinstance(PostgresEffectsLedger("postgresql://127.0.0.1:1/none"), EffectsLedger)
+
+
+async def test_settings_choose_the_ledger(backend: LedgerBackend, tmp_path: Path) -> None:
+    dsn = backend.where if backend.kind == "postgres" else None
+    settings = Settings(data_dir=tmp_path, postgres_dsn=dsn)
+    async with open_effects_ledger(settings) as opened:
+        claim = await opened.claim("restart-1", holder="act", lease=60)
+    assert isinstance(claim, Claimed)
+    async with backend.open() as direct:  # the data the test's backend sees
+        record = await direct.get("restart-1")
+    assert record is not None
+    assert record.token == claim.token
+    assert settings.effects_path.exists() == (backend.kind == "embedded")
 
 
 async def test_a_first_claim_is_granted_and_stored(ledger: EffectsLedger) -> None:
