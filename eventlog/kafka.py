@@ -22,6 +22,10 @@ order. The embedded log defines the semantics; where Kafka differs:
   partition is read up to ``UNTIL_GRACE`` past ``until``, so an event appended later than
   that after it was made (an outbox relayed after a long outage) is missed when ``until``
   is given.
+
+Here: the log's lifecycle, the producer and append, replay. Topics are created in
+``kafka_admin``, appended keys remembered in ``kafka_dedup``, envelopes coded in
+``kafka_codec``, consumers in ``kafka_consumer``.
 """
 
 from __future__ import annotations
@@ -29,19 +33,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.partitioner import murmur2
 
-from eventlog.base import AppendResult, EventLogError, LogClosed, LogUnavailable, Record
+from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record
+from eventlog.kafka_admin import TopicAdmin
 from eventlog.kafka_codec import KAFKA_ERRORS, headers, mapped, quietly, value
 from eventlog.kafka_consumer import UNTIL_GRACE, KafkaSubscription, Replay
+from eventlog.kafka_dedup import Claim, RecentKeys
 from schemas import TOPICS, Envelope
 
 
@@ -80,14 +83,12 @@ class KafkaLog:
         self.replication = replication
         self.request_timeout = request_timeout
         self.topic_prefix = topic_prefix
-        self._admin: AIOKafkaAdminClient | None = None
+        self._admin: TopicAdmin | None = None
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        self._ready_topics: set[str] = set()
-        self._seen: dict[str, OrderedDict[str, None]] = {}
+        self._recent = RecentKeys(DEDUP_WINDOW)
         self._partitions: dict[str, list[int]] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._deliveries: set[asyncio.Task[list[Any]]] = set()
         self._subscriptions: set[KafkaSubscription] = set()
         self._closed = False
@@ -121,7 +122,13 @@ class KafkaLog:
             raise LogClosed("event log is closed")
         if self._admin is not None:
             return
-        admin = AIOKafkaAdminClient(**self._client_args())
+        admin = TopicAdmin(
+            self._client_args(),
+            partitions=self.partitions,
+            replication=self.replication,
+            request_timeout=self.request_timeout,
+            name=self._name,
+        )
         try:
             async with asyncio.timeout(self.request_timeout):
                 await admin.start()
@@ -131,7 +138,7 @@ class KafkaLog:
                 await self._producer_ready()
         except BaseException as exc:
             self._admin = None
-            await quietly(admin.close(), self.request_timeout)
+            await admin.close()
             if isinstance(exc, KAFKA_ERRORS):
                 raise mapped(exc, f"cannot start on {self.bootstrap}") from exc
             raise
@@ -151,45 +158,12 @@ class KafkaLog:
             delivery.cancel()
         await asyncio.gather(*list(self._deliveries), return_exceptions=True)
         if self._admin is not None:
-            await quietly(self._admin.close(), self.request_timeout)
+            await self._admin.close()
 
     async def _ensure_topics(self, topics: Iterable[str]) -> None:
-        missing = [t for t in dict.fromkeys(topics) if t not in self._ready_topics]
-        if not missing:
-            return
         if self._admin is None:
             raise LogUnavailable("event log not started")
-        new = [NewTopic(self._name(t), self.partitions, self.replication) for t in missing]
-        response = await self._admin.create_topics(new, timeout_ms=self._timeout_ms)
-        created = []
-        for name, code, *message in response.topic_errors:
-            if code not in (0, TopicAlreadyExistsError.errno):
-                error = for_code(code)
-                kind = LogUnavailable if error.retriable else EventLogError
-                raise kind(f"kafka: cannot create topic {name}: {error.__name__} {message}")
-            if code == 0:
-                created.append(name)
-        await self._until_led(created)
-        self._ready_topics.update(missing)
-
-    async def _until_led(self, names: list[str]) -> None:
-        """Wait (within the caller's deadline) until new topics have leaders everywhere.
-
-        The controller answers CreateTopics before the brokers' metadata has the topic, so
-        a ping or a consumer right after would not find it yet.
-        """
-        assert self._admin is not None  # noqa: S101
-        while names:
-            described = await self._admin.describe_topics(names)
-            names = [
-                t["topic"]
-                for t in described
-                if t["error_code"] != 0
-                or not t["partitions"]
-                or any(p["leader"] < 0 for p in t["partitions"])
-            ]
-            if names:
-                await asyncio.sleep(0.05)
+        await self._admin.ensure(topics)
 
     async def _producer_ready(self) -> AIOKafkaProducer:
         async with self._producer_lock:
@@ -209,8 +183,8 @@ class KafkaLog:
             return self._producer
 
     def _retire(self, producer: AIOKafkaProducer) -> None:
-        self._partitions.clear()  # a new producer reads the metadata anew
         """Stop a producer in the background (bounded: see ``close``)."""
+        self._partitions.clear()  # a new producer reads the metadata anew
         if self._producer is producer:
             self._producer = None
         task = asyncio.create_task(quietly(producer.stop(), 2 * self.request_timeout))
@@ -254,53 +228,25 @@ class KafkaLog:
         if dedup_keys is None:
             metas = await self._send(producer, topic, events)
             return AppendResult(tuple(m.offset for m in metas))
-        # Another append carrying one of our keys decides whether ours is a repeat: wait
-        # for it (it ends within its own deadline), then look again.
-        while waits := {f for k in dedup_keys if (f := self._inflight.get((topic, k)))}:
-            await asyncio.wait(waits)
-        seen = self._seen.setdefault(topic, OrderedDict())
-        fresh: dict[str, int] = {}  # dedup key -> index of the event that carries it
-        for i, key in enumerate(dedup_keys):
-            if key in seen:
-                seen.move_to_end(key)  # least recently used goes first, not oldest
-            elif key not in fresh:
-                fresh[key] = i
-        claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for key in fresh:
-            self._inflight[(topic, key)] = claim
+        claim = await self._recent.claim(topic, dedup_keys)
         delivery = asyncio.create_task(
-            self._send(producer, topic, [events[i] for i in fresh.values()])
+            self._send(producer, topic, [events[i] for i in claim.fresh.values()])
         )
         self._deliveries.add(delivery)
-        keys = list(fresh)
-        delivery.add_done_callback(lambda d: self._settle(d, topic, keys, claim))
+        delivery.add_done_callback(lambda d: self._settle(d, claim))
         # The keys stay claimed until the cluster takes or refuses the events, even when
         # this append gives up first (an outage): the producer keeps them and delivers
         # them later, so a retry must not queue a second copy behind them.
         metas = await asyncio.shield(delivery)
         offsets: list[int | None] = [None] * len(events)
-        for i, meta in zip(fresh.values(), metas, strict=True):
+        for i, meta in zip(claim.fresh.values(), metas, strict=True):
             offsets[i] = meta.offset
         return AppendResult(tuple(offsets))
 
-    def _settle(
-        self,
-        delivery: asyncio.Task[list[Any]],
-        topic: str,
-        keys: list[str],
-        claim: asyncio.Future[None],
-    ) -> None:
-        """A delivery ended: its keys are in the log if it succeeded, and free again."""
+    def _settle(self, delivery: asyncio.Task[list[Any]], claim: Claim) -> None:
         self._deliveries.discard(delivery)
-        for key in keys:
-            del self._inflight[(topic, key)]
-        if not delivery.cancelled() and delivery.exception() is None:
-            seen = self._seen.setdefault(topic, OrderedDict())
-            for key in keys:
-                seen[key] = None
-            while len(seen) > DEDUP_WINDOW:
-                seen.popitem(last=False)
-        claim.set_result(None)
+        delivered = not delivery.cancelled() and delivery.exception() is None
+        self._recent.settle(claim, delivered=delivered)
 
     async def _send(
         self, producer: AIOKafkaProducer, topic: str, events: Sequence[Envelope]
@@ -330,15 +276,9 @@ class KafkaLog:
             raise LogUnavailable("event log is closed or not started")
         try:
             async with asyncio.timeout(self.request_timeout):
-                topics = await self._admin.describe_topics([self._name(t) for t in TOPICS])
+                await self._admin.check_led(TOPICS)
         except KAFKA_ERRORS as exc:
             raise mapped(exc, "ping") from exc
-        for t in topics:
-            if t["error_code"] != 0:
-                error = for_code(t["error_code"]).__name__
-                raise LogUnavailable(f"kafka: topic {t['topic']}: {error}")
-            if any(p["leader"] < 0 for p in t["partitions"]):
-                raise LogUnavailable(f"kafka: topic {t['topic']} has a partition without leader")
 
     # -- consumer groups -------------------------------------------------------------------
 
@@ -365,7 +305,7 @@ class KafkaLog:
             raise LogClosed("event log is closed")
         if self._admin is None:
             raise LogUnavailable("event log not started")
-        wanted = list(topics) if topics is not None else sorted(set(TOPICS) | self._ready_topics)
+        wanted = list(topics) if topics is not None else sorted(set(TOPICS) | self._admin.ready)
         since_ms = int(since.timestamp() * 1000) if since else None
         until_ms = int(until.timestamp() * 1000) if until else None
         consumer = AIOKafkaConsumer(
@@ -395,16 +335,7 @@ class KafkaLog:
     ) -> dict[TopicPartition, tuple[int, int]]:
         """Assign every partition of ``topics`` and seek; per partition, (start, end)."""
         assert self._admin is not None  # noqa: S101
-        names = {self._name(t) for t in topics}
-        # All topics, not just ours: asking for a missing one by name would create it on a
-        # broker with auto.create.topics.enable.
-        described = await self._admin.describe_topics()
-        tps = [
-            TopicPartition(t["topic"], p["partition"])
-            for t in described
-            if t["error_code"] == 0 and t["topic"] in names
-            for p in t["partitions"]
-        ]
+        tps = await self._admin.partitions_of(topics)
         if not tps:
             return {}
         consumer.assign(tps)
