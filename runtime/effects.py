@@ -19,6 +19,8 @@ Retrying is the stage runtime's job, not this module's: nothing here sleeps.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,10 +28,12 @@ from typing import Any, Literal
 
 from store.base import StoreError
 from store.effects import (
+    MAX_ERROR_CHARS,
     CompletedStatus,
     Done,
     EffectsLedger,
     InProgress,
+    InvalidEffect,
     Outcome,
     StaleToken,
     Unknown,
@@ -74,6 +78,11 @@ class EffectResult:
     attempts: int
 
 
+def default_holder() -> str:
+    """Who holds a claim, as people inspecting the ledger want to read it: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _retriable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retriable", False))
 
@@ -114,8 +123,8 @@ async def perform(
             await _give_back(ledger, effect_id, token, exc)
             raise
         if found is not None:
-            await _record(ledger, effect_id, token, found, "succeeded")
-            return EffectResult(effect_id, "succeeded", dict(found), "checked", attempts)
+            recorded = await _record(ledger, effect_id, token, found, "succeeded")
+            return EffectResult(effect_id, "succeeded", recorded, "checked", attempts)
     try:
         outcome = await do(token)
     except Exception as exc:
@@ -123,11 +132,11 @@ async def perform(
             await _give_back(ledger, effect_id, token, exc)
             raise
         log.warning("effect %s failed: %s", effect_id, exc, exc_info=True)
-        failed = {"error": str(exc), "type": type(exc).__name__}
-        await _record(ledger, effect_id, token, failed, "failed")
-        return EffectResult(effect_id, "failed", failed, "performed", attempts)
-    await _record(ledger, effect_id, token, outcome, "succeeded")
-    return EffectResult(effect_id, "succeeded", dict(outcome), "performed", attempts)
+        failed = {"error": str(exc)[:MAX_ERROR_CHARS], "type": type(exc).__name__}
+        recorded = await _record(ledger, effect_id, token, failed, "failed")
+        return EffectResult(effect_id, "failed", recorded, "performed", attempts)
+    recorded = await _record(ledger, effect_id, token, outcome, "succeeded")
+    return EffectResult(effect_id, "succeeded", recorded, "performed", attempts)
 
 
 async def _give_back(ledger: EffectsLedger, effect_id: str, token: int, exc: Exception) -> None:
@@ -145,8 +154,18 @@ async def _record(
     token: int,
     outcome: Outcome,
     status: CompletedStatus,
-) -> None:
+) -> dict[str, Any]:
+    """Complete the effect; the outcome as recorded."""
+    recorded = dict(outcome)
     try:
-        await ledger.complete(effect_id, token, outcome, status=status)
+        await ledger.complete(effect_id, token, recorded, status=status)
+    except InvalidEffect:
+        # The effect took place, so it must be recorded: left held, it would be re-checked
+        # on every delivery. Its text stands in for an outcome JSON cannot hold (a bug in the
+        # action, which the log line names).
+        log.exception("effect %s: outcome is not JSON, recorded as text", effect_id)
+        recorded = {"unserialisable": repr(outcome)[:MAX_ERROR_CHARS]}
+        await ledger.complete(effect_id, token, recorded, status=status)
     except StaleToken as exc:
         raise EffectLost(f"effect {effect_id}: {exc}") from exc
+    return recorded

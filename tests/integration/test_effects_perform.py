@@ -17,7 +17,7 @@ from effects_support import (
     ledger_fixture,  # noqa: F401 - the fixture "ledger"
 )
 
-from runtime.effects import EffectInProgress, EffectLost, EffectResult, perform
+from runtime.effects import EffectInProgress, EffectLost, EffectResult, default_holder, perform
 from store.effects import Claimed, EffectsLedger, Outcome, Unknown
 
 
@@ -215,3 +215,25 @@ async def test_a_holder_that_outlived_its_lease_cannot_record(ledger: EffectsLed
     record = await ledger.get("restart-1")
     assert record is not None
     assert (record.state, record.holder, record.token) == ("held", "next", taken.token)
+
+
+async def test_an_outcome_json_cannot_hold_is_recorded_as_text(ledger: EffectsLedger) -> None:
+    calls: list[int] = []
+
+    async def do(token: int) -> Outcome:
+        calls.append(token)
+        return {"response": object()}
+
+    async def check() -> Outcome | None:
+        raise AssertionError("a first attempt does not check")
+
+    result = await perform(ledger, "post-1", holder=default_holder(), lease=60, do=do, check=check)
+    assert (result.status, result.source) == ("succeeded", "performed")
+    assert result.outcome["unserialisable"].startswith("{'response': <object object at")
+    again = await perform(ledger, "post-1", holder="act-b", lease=60, do=do, check=check)
+    assert (again.source, again.outcome) == ("recorded", result.outcome)
+    assert len(calls) == 1
+    record = await ledger.get("post-1")
+    assert record is not None
+    assert record.outcome == result.outcome
+    assert record.holder == default_holder()
