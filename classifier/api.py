@@ -1,9 +1,15 @@
-"""The incidents API: list, show with timeline, and a person's severity decision."""
+"""The incidents API: list, show with timeline, page through alerts, a person's severity decision.
+
+The API writes a severity decision and its event to the store (state and outbox in one
+transaction) and leaves relaying to the stages' relayer: it never publishes to the log itself.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,10 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from classifier.lifecycle import set_severity
-from classifier.outbox import relay_outbox
-from eventlog import EventLog, EventLogError
-from schemas import TOPIC_INCIDENTS, new_event_id
-from schemas.incidents import Incident
+from schemas import TOPIC_INCIDENTS, Envelope, derived_event_id, new_event_id
+from schemas.alertmanager import AlertStatus
+from schemas.incidents import Incident, IncidentAlert
 from schemas.severity import SEVERITIES, Severity
 from store.base import (
     IncidentQuery,
@@ -33,6 +38,8 @@ Authorize = Callable[[web.Request], str | None]
 """Returns who is calling (e.g. the basic-auth user, or "api"), or None to refuse."""
 
 MAX_LIMIT = 1000
+ALERTS_PAGE = 100
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class SeverityChange(BaseModel):
@@ -73,25 +80,66 @@ def _query(request: web.Request) -> IncidentQuery:
         except ValueError:
             raise ValueError("since: must be an ISO 8601 time") from None
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    limit = _limit(q.get("limit"), 100)
+    return IncidentQuery(status, severity, since, limit)  # type: ignore[arg-type]
+
+
+def _limit(raw: str | None, default: int) -> int:
     try:
-        limit = int(q.get("limit", "100"))
+        limit = int(raw) if raw is not None else default
     except ValueError:
         raise ValueError("limit: must be an integer") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit: must be between 1 and {MAX_LIMIT}")
-    return IncidentQuery(status, severity, since, limit)  # type: ignore[arg-type]
+    return limit
+
+
+def _alert_status(raw: str | None) -> AlertStatus | None:
+    if raw is None or raw in ("firing", "resolved"):
+        return raw  # type: ignore[return-value]
+    raise ValueError("status: must be firing or resolved")
+
+
+def _cursor(fingerprint: str) -> str:
+    return base64.urlsafe_b64encode(fingerprint.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("cursor: not a cursor this API gave out") from None
+
+
+def _event_json(envelope: Envelope) -> dict[str, Any]:
+    """A timeline entry: the event without its alerts (they are paged separately)."""
+    out: dict[str, Any] = envelope.model_dump(mode="json")
+    alerts = out["data"].pop("alerts", None) or []
+    out["data"]["alerts_changed"] = len(alerts)
+    return out
+
+
+def _page(alerts: Sequence[IncidentAlert], limit: int) -> dict[str, Any]:
+    """``limit`` alerts, and a cursor when ``alerts`` (asked for ``limit + 1``) had more."""
+    page = alerts[:limit]
+    return {
+        "alerts": [a.model_dump(mode="json") for a in page],
+        "alerts_next_cursor": _cursor(page[-1].fingerprint) if len(alerts) > limit else None,
+    }
 
 
 class IncidentsApi:
-    def __init__(self, store: IncidentStore, eventlog: EventLog, authorize: Authorize) -> None:
+    def __init__(self, store: IncidentStore, authorize: Authorize) -> None:
         self.store = store
-        self.log = eventlog
         self.authorize = authorize
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/v1/incidents", self.list),
             web.get("/api/v1/incidents/{id}", self.show),
+            web.get("/api/v1/incidents/{id}/alerts", self.alerts),
             web.post("/api/v1/incidents/{id}/severity", self.set_severity),
         ]
 
@@ -117,14 +165,41 @@ class IncidentsApi:
         incident_id = request.match_info["id"]
         try:
             incident = await self.store.get_incident(incident_id)
-            events = await self.store.timeline(incident_id) if incident else []
+            if incident is None:
+                return _error(404, f"no incident {incident_id}")
+            alerts = await self.store.list_alerts(incident_id, limit=ALERTS_PAGE + 1)
+            events = await self.store.timeline(incident_id)
         except StoreError as exc:
             return _error(503, f"store unavailable: {exc}")
-        if incident is None:
-            return _error(404, f"no incident {incident_id}")
         body = incident_json(incident)
-        body["events"] = [e.model_dump(mode="json") for e in events]
+        body.update(_page(alerts, ALERTS_PAGE))
+        body["events"] = [_event_json(e) for e in events]
         return _json(200, body)
+
+    async def alerts(self, request: web.Request) -> web.Response:
+        """``?status=firing|resolved&limit=&cursor=``: an incident's alerts, a page at a time."""
+        if self.authorize(request) is None:
+            return self._refuse()
+        incident_id = request.match_info["id"]
+        q = request.query
+        try:
+            status = _alert_status(q.get("status"))
+            limit = _limit(q.get("limit"), ALERTS_PAGE)
+            after = _after(q.get("cursor"))
+        except ValueError as exc:
+            return _error(400, str(exc), field=str(exc).split(":", 1)[0])
+        try:
+            if await self.store.get_incident(incident_id) is None:
+                return _error(404, f"no incident {incident_id}")
+            alerts = await self.store.list_alerts(
+                incident_id,
+                status=status,
+                limit=limit + 1,
+                after=after,
+            )
+        except StoreError as exc:
+            return _error(503, f"store unavailable: {exc}")
+        return _json(200, _page(alerts, limit))
 
     async def set_severity(self, request: web.Request) -> web.Response:
         caller = self.authorize(request)
@@ -136,16 +211,43 @@ class IncidentsApi:
             err = exc.errors(include_url=False)[0]
             field = ".".join(str(p) for p in err["loc"]) or "body"
             return _error(400, f"{field}: {err['msg']}", field=field)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+            return _error(
+                400,
+                f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                field="Idempotency-Key",
+            )
+        incident_id = request.match_info["id"]
         try:
-            incident = await self._apply(request.match_info["id"], change, change.actor or caller)
+            incident, replayed = await self._apply(
+                incident_id, change, change.actor or caller, key and f"{caller}\x1f{key}"
+            )
         except LookupError as exc:
             return _error(404, str(exc))
-        except (StoreError, EventLogError) as exc:
+        except StoreError as exc:
             return _error(503, f"unavailable: {exc}")
-        return _json(200, incident_json(incident))
+        response = _json(200, incident_json(incident))
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
 
-    async def _apply(self, incident_id: str, change: SeverityChange, actor: str) -> Incident:
-        request_id = new_event_id()
+    async def _apply(
+        self, incident_id: str, change: SeverityChange, actor: str, key: str | None
+    ) -> tuple[Incident, bool]:
+        """The change, stored with its event; with an idempotency key that was used before on
+        this incident, the incident as it is and True (nothing is changed again)."""
+        if key is None:
+            request_id = new_event_id()
+        else:
+            # The incident id keeps its opening event's time prefix; an id derived from it and
+            # the key is the same on every retry of the request.
+            request_id = derived_event_id(incident_id[4:].upper(), "severity", key)
+            if await self.store.caused(incident_id, request_id):
+                incident = await self.store.get_incident(incident_id)
+                if incident is None:
+                    raise LookupError(f"no incident {incident_id}")
+                return incident, True
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(StoreConflict), stop=stop_after_attempt(10), reraise=True
         ):
@@ -174,9 +276,4 @@ class IncidentsApi:
                     [OutboxEvent(TOPIC_INCIDENTS, incident_id, event.envelope())],
                 )
         log.info("incident %s severity set to %s by %s", incident_id, change.severity, actor)
-        try:
-            await relay_outbox(self.store, self.log)
-        except EventLogError as exc:
-            # Decided and stored; the classifier stage relays the outbox when the log is back.
-            log.warning("severity change of %s stored, not yet in the log: %s", incident_id, exc)
-        return updated
+        return updated, False

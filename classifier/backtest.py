@@ -8,26 +8,28 @@ alert event that opened it, so it is the same under both policies when grouping 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from pydantic import ValidationError
 
 from classifier.classify import classify_alert
-from classifier.lifecycle import AlertInput, apply_alert
+from classifier.grouping import incident_key
+from classifier.lifecycle import AlertInput, Fold
 from classifier.policy import Policy
-from classifier.stage import incident_key
 from eventlog import EventLog, Record
 from schemas import TOPIC_ALERTS
 from schemas.events import AlertEnvelope
+from schemas.incident_state import GroupState
 from schemas.incidents import Incident
 from schemas.severity import Severity
-from store.base import GroupState
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 5000
+BATCH = 500
+"""Alerts folded together, as the live stage folds a consumer batch."""
 
 
 @dataclass(frozen=True)
@@ -57,17 +59,26 @@ class Simulation:
         self.groups: dict[str, GroupState] = {}
         self.incidents: dict[str, Incident] = {}
 
+    def feed_batch(self, items: Sequence[AlertInput]) -> None:
+        """Fold ``items`` as the live stage folds one batch (with every group in memory)."""
+        policy = self.policy
+        folds: dict[str, Fold] = {}
+        for item in items:
+            key = incident_key(item.data, policy)
+            fold = folds.get(key)
+            if fold is None:
+                group = self.groups.get(key)
+                if group is None:
+                    group = self.groups[key] = GroupState(key)
+                fold = folds[key] = Fold(group, policy.reopen_window, policy.resolve_grace)
+            fold.alert(item, classify_alert(item.data, policy))
+        for fold in folds.values():
+            fold.finish()
+            self.incidents.update(fold.final)
+            fold.group.clear_changes()
+
     def feed(self, item: AlertInput) -> None:
-        key = incident_key(item.data, self.policy)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = GroupState(key)
-        cls = classify_alert(item.data, self.policy)
-        changes = apply_alert(
-            group, item, cls, self.policy.reopen_window, self.policy.resolve_grace
-        )
-        for change in changes:
-            self.incidents[change.incident.id] = change.incident
+        self.feed_batch([item])
 
 
 async def alert_inputs(
@@ -95,12 +106,18 @@ async def backtest(
 ) -> BacktestReport:
     old, new = Simulation(current), Simulation(candidate)
     report = BacktestReport()
+    batch: list[AlertInput] = []
     async for item in alert_inputs(eventlog, since, until):
-        old.feed(item)
-        new.feed(item)
+        batch.append(item)
+        if len(batch) >= BATCH:
+            old.feed_batch(batch)
+            new.feed_batch(batch)
+            batch = []
         report.alerts += 1
         if on_progress is not None and report.alerts % PROGRESS_EVERY == 0:
             on_progress(report.alerts)
+    old.feed_batch(batch)
+    new.feed_batch(batch)
     report.incidents = len(old.incidents)
     for incident_id, before in old.incidents.items():
         after = new.incidents.get(incident_id)

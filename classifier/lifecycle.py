@@ -1,15 +1,28 @@
-"""Incident lifecycle as pure functions: a group's state plus one input gives events.
+"""Incident lifecycle as pure functions: a group's state plus its alerts gives events.
 
 No I/O and no clock: every time comes from the input events, so replaying the same log
 gives the same incidents (``sevpipe rebuild``, backtests) and the same event ids.
+
+A batch of alerts of one group is folded alert by alert, in log order, into a working copy of
+the incident summary; consecutive changes are then merged into as few events as their meaning
+allows (one ``incident.opened`` for a storm's first thousand alerts, not a thousand events).
+Counts are kept incrementally, so the work per alert does not grow with the incident.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from schemas import AlertEventData, Envelope, derived_event_id
+from classifier.changes import (
+    Change,
+    bounded_labels,
+    bounded_reasons,
+    clip,
+    parts,
+)
+from schemas import AlertEventData, derived_event_id
+from schemas.incident_state import AlertMark, GroupState
 from schemas.incidents import (
     INCIDENT_ESCALATED,
     INCIDENT_OPENED,
@@ -18,14 +31,14 @@ from schemas.incidents import (
     INCIDENT_UPDATED,
     Incident,
     IncidentAlert,
-    IncidentEventData,
+    IncidentCounts,
     IncidentEventType,
 )
 from schemas.severity import Classification, Severity, highest, is_more_severe
-from store.base import AlertIndex, AlertMark, GroupState
 
-SOURCE = "/sevpipe/classifier"
-_STATUS_ORDER = {"firing": 0, "resolved": 1}
+__all__ = ["AlertInput", "Change", "Fold", "apply_alert", "expire_grace", "set_severity"]
+
+_MAX_NOTES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +53,12 @@ class AlertInput:
 def _title(data: AlertEventData) -> str:
     summary = data.annotations.get("summary") or data.annotations.get("title") or ""
     name = data.alertname or data.group.group_key
-    return f"{name}: {summary}" if summary else name
+    return clip(f"{name}: {summary}" if summary else name)
 
 
 def _incident_alert(data: AlertEventData, cls: Classification) -> IncidentAlert:
-    return IncidentAlert(
+    # Every field comes from validated models: no need to validate again per alert.
+    return IncidentAlert.model_construct(
         fingerprint=data.fingerprint,
         alertname=data.alertname,
         status=data.status,
@@ -52,71 +66,341 @@ def _incident_alert(data: AlertEventData, cls: Classification) -> IncidentAlert:
         ends_at=data.ends_at,
         severity=cls.severity,
         reasons=cls.reasons,
-        summary=data.annotations.get("summary", ""),
-        labels=data.labels,
+        summary=clip(data.annotations.get("summary", ""), 1000),
+        labels=bounded_labels(data.labels),
     )
 
 
-def _reasons(alerts: tuple[IncidentAlert, ...], severity: Severity) -> tuple[str, ...]:
-    out: list[str] = []
-    for alert in alerts:
-        if alert.severity == severity:
-            out.extend(f"{alert.alertname or alert.fingerprint}: {r}" for r in alert.reasons)
-    return tuple(dict.fromkeys(out))
+def _alert_reasons(item: IncidentAlert) -> tuple[str, ...]:
+    return bounded_reasons([f"{item.alertname or item.fingerprint}: {r}" for r in item.reasons])
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A decided incident event, before it is wrapped (backtests never need the envelope)."""
+@dataclass(slots=True)
+class _Work:
+    """A mutable incident summary while a batch folds; frozen into an Incident per event."""
 
-    cause_id: str
-    type: IncidentEventType
     incident: Incident
-    change: str
+    severity: Severity
+    severity_source: str
+    status: str
+    reasons: tuple[str, ...]
+    updated_at: datetime
+    resolved_at: datetime | None
+    resolving_since: datetime | None
+    version: int
+    alerts: int
+    firing: int
+    resolved: int
+
+    @classmethod
+    def of(cls, inc: Incident) -> _Work:
+        c = inc.counts
+        return cls(
+            inc,
+            inc.severity,
+            inc.severity_source,
+            inc.status,
+            inc.reasons,
+            inc.updated_at,
+            inc.resolved_at,
+            inc.resolving_since,
+            inc.version,
+            c.alerts,
+            c.firing,
+            c.resolved,
+        )
+
+    @property
+    def id(self) -> str:
+        return self.incident.id
+
+    def freeze(self) -> Incident:
+        counts = IncidentCounts(alerts=self.alerts, firing=self.firing, resolved=self.resolved)
+        return self.incident.model_copy(
+            update={
+                "severity": self.severity,
+                "severity_source": self.severity_source,
+                "status": self.status,
+                "reasons": self.reasons,
+                "counts": counts,
+                "updated_at": self.updated_at,
+                "resolved_at": self.resolved_at,
+                "resolving_since": self.resolving_since,
+                "version": self.version,
+            }
+        )
+
+    def count(self, old: IncidentAlert | None, new_status: str) -> None:
+        """Move the counts from ``old``'s status (or no alert) to ``new_status``."""
+        if old is None:
+            self.alerts += 1
+        elif old.status == "firing":
+            self.firing -= 1
+        else:
+            self.resolved -= 1
+        if new_status == "firing":
+            self.firing += 1
+        else:
+            self.resolved += 1
+
+
+@dataclass(slots=True)
+class _Span:
+    """Consecutive changes of one incident that become one event (or a few, if large)."""
+
+    type: IncidentEventType
+    cause_id: str
     previous: Severity | None
-    actor: str | None = None
+    notes: list[str] = field(default_factory=list)
+    steps: int = 0
+    alerts: dict[str, IncidentAlert] = field(default_factory=dict)
 
-    def envelope(self) -> Envelope:
-        """The event, with an id derived from its cause: re-deciding gives the same id."""
-        data = IncidentEventData(
-            incident=self.incident,
-            change=self.change,
-            previous_severity=self.previous,
-            cause=self.cause_id,
-            actor=self.actor,
+    def note(self, text: str) -> None:
+        self.steps += 1
+        if len(self.notes) < _MAX_NOTES:
+            self.notes.append(text)
+
+    def text(self) -> str:
+        more = self.steps - len(self.notes)
+        return "; ".join(self.notes) + (f"; and {more} more changes" if more > 0 else "")
+
+
+def _merged(span: IncidentEventType, step: IncidentEventType) -> IncidentEventType | None:
+    """The type of ``span`` after absorbing ``step``, or None if ``step`` needs its own event.
+
+    Opening, reopening and resolving are each an event of their own, so a consumer (comms,
+    actions) sees every transition; an update folds into whatever came before it, and an
+    escalation or a resolve makes a run of updates into an escalation or a resolve.
+    """
+    if step == INCIDENT_UPDATED:
+        return span
+    if step == INCIDENT_ESCALATED and span != INCIDENT_RESOLVED:
+        return INCIDENT_ESCALATED if span == INCIDENT_UPDATED else span
+    if step == INCIDENT_RESOLVED and span == INCIDENT_UPDATED:
+        return INCIDENT_RESOLVED
+    return None
+
+
+class Fold:
+    """Folds one group's alerts, in log order, into the fewest incident events."""
+
+    def __init__(self, group: GroupState, reopen_window: timedelta, resolve_grace: timedelta):
+        self.group = group
+        self.reopen_window = reopen_window
+        self.resolve_grace = resolve_grace
+        self.work = _Work.of(group.incident) if group.incident else None
+        self.span: _Span | None = None
+        self.changes: list[Change] = []
+        self.loaded = {group.incident.id: group.incident.version} if group.incident else {}
+        """Version of each incident as loaded (0: new); what a store write expects."""
+        self.final: dict[str, Incident] = {}
+        """Each incident changed, as it is after its last event."""
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def alert(self, alert: AlertInput, cls: Classification) -> None:
+        data = alert.data
+        group = self.group
+        fp = data.fingerprint
+        starts = data.starts_at.isoformat() if data.starts_at else "-"
+        mark = group.marks.get(fp)
+        if mark is not None and alert.event_id <= mark.event:
+            return  # applied already: at-least-once delivery brought it again
+        at = (data.ends_at or alert.time).isoformat() if data.status == "resolved" else ""
+        if _stale(mark, starts, data.status, at or alert.time.isoformat()):
+            return
+        group.marks[fp] = AlertMark(starts, data.status, at, alert.event_id)
+        group.changed_marks.add(fp)
+        # A grace period that ran out while the group was quiet ends before this alert counts.
+        self.expire(alert.time, alert.event_id)
+        work = self.work
+        if data.status == "resolved":
+            if work is not None and work.status == "open":
+                self._resolve(work, alert)
+        elif work is None or work.status == "resolved":
+            self._open_or_reopen(work, alert, cls)
+        else:
+            self._fire(work, alert, cls)
+
+    def expire(self, now: datetime, cause_id: str) -> None:
+        """Resolve the group's incident if its grace period has run out by ``now``."""
+        work = self.work
+        if work is None or work.status != "open" or work.resolving_since is None:
+            return
+        deadline = work.resolving_since + self.resolve_grace
+        if now < deadline:
+            return
+        self._begin(work, INCIDENT_RESOLVED, cause_id)
+        work.status = "resolved"
+        work.resolved_at = deadline
+        work.resolving_since = None
+        work.updated_at = max(deadline, work.updated_at)
+        self._note(f"resolved: no alert fired again within the {self.resolve_grace} grace period")
+
+    def finish(self) -> list[Change]:
+        """The events decided; ``group.incident`` is the current incident after them."""
+        self._close()
+        if self.work is not None:
+            self.group.incident = self.final.get(self.work.id, self.work.incident)
+        return self.changes
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _resolve(self, work: _Work, alert: AlertInput) -> None:
+        data = alert.data
+        old = self.group.alerts.get(data.fingerprint)
+        if old is None or old.status == "resolved":
+            return
+        all_resolved = work.firing == 1
+        waiting = all_resolved and self.resolve_grace > timedelta(0)
+        done = all_resolved and not waiting
+        name = old.alertname or old.fingerprint
+        self._begin(work, INCIDENT_RESOLVED if done else INCIDENT_UPDATED, alert.event_id)
+        new = old.model_copy(update={"status": "resolved", "ends_at": data.ends_at})
+        self._put(work, old, new)
+        at = max(alert.time, work.updated_at)
+        work.updated_at = at
+        work.status = "resolved" if done else "open"
+        work.resolved_at = at if done else None
+        work.resolving_since = at if waiting else None
+        if waiting:
+            self._note(
+                f"last alert {name} resolved; resolves after {self.resolve_grace} unless one fires"
+            )
+        elif done:
+            self._note(f"resolved: last alert {name} resolved")
+        else:
+            self._note(f"alert {name} resolved")
+
+    def _open_or_reopen(
+        self, previous: _Work | None, alert: AlertInput, cls: Classification
+    ) -> None:
+        item = _incident_alert(alert.data, cls)
+        at = alert.time
+        name = item.alertname or item.fingerprint
+        resolved_at = previous.resolved_at if previous else None
+        if (
+            previous is not None
+            and resolved_at is not None
+            and at - resolved_at <= self.reopen_window
+        ):
+            self._begin(previous, INCIDENT_REOPENED, alert.event_id)
+            severity = highest(previous.severity, cls.severity)
+            if severity != previous.severity:
+                previous.reasons = _alert_reasons(item)
+                previous.severity_source = "policy"
+            previous.severity = severity
+            previous.status = "open"
+            previous.updated_at = at
+            previous.resolved_at = None
+            self._put(previous, self.group.alerts.get(item.fingerprint), item)
+            self._note(f"reopened by {name} firing")
+            return
+        self._close()
+        incident = Incident(
+            id="inc-" + derived_event_id(alert.event_id, "incident").lower(),
+            key=self.group.key,
+            severity=cls.severity,
+            status="open",
+            title=_title(alert.data),
+            reasons=_alert_reasons(item),
+            opened_at=at,
+            updated_at=at,
+            version=0,
         )
-        return Envelope(
-            id=derived_event_id(
-                self.cause_id, "incident", self.incident.id, str(self.incident.version)
-            ),
-            type=self.type,
-            source=SOURCE,
-            time=self.incident.updated_at,
-            subject=self.incident.id,
-            data=data.model_dump(mode="json"),
-        )
+        work = self.work = _Work.of(incident)
+        self.loaded[incident.id] = 0
+        self.group.alerts = {}  # the alerts loaded were the previous incident's
+        self._begin(work, INCIDENT_OPENED, alert.event_id)
+        self._put(work, None, item)
+        self._note(f"opened by {name} firing")
+
+    def _fire(self, work: _Work, alert: AlertInput, cls: Classification) -> None:
+        item = _incident_alert(alert.data, cls)
+        old = self.group.alerts.get(item.fingerprint)
+        if old is not None and old.status == "firing" and old.severity == item.severity:
+            return  # a repeat, or new annotations that change nothing we decide on
+        severity = highest(work.severity, cls.severity)
+        escalated = severity != work.severity
+        name = item.alertname or item.fingerprint
+        self._begin(work, INCIDENT_ESCALATED if escalated else INCIDENT_UPDATED, alert.event_id)
+        if escalated:
+            self._note(
+                f"escalated {work.severity} -> {severity} by {name}: " + "; ".join(cls.reasons)
+            )
+            work.severity = severity
+            work.severity_source = "policy"
+            work.reasons = _alert_reasons(item)
+        else:
+            self._note(f"alert {name} firing" + (" again" if old is not None else ""))
+        work.resolving_since = None
+        work.updated_at = max(alert.time, work.updated_at)
+        self._put(work, old, item)
+
+    # -- spans -------------------------------------------------------------------------------
+
+    def _put(self, work: _Work, old: IncidentAlert | None, new: IncidentAlert) -> None:
+        work.count(old, new.status)
+        self.group.alerts[new.fingerprint] = new
+        self.group.changed_alerts[(work.id, new.fingerprint)] = new
+        if self.span is not None:
+            self.span.alerts[new.fingerprint] = new
+
+    def _note(self, text: str) -> None:
+        if self.span is not None:
+            self.span.note(text)
+
+    def _begin(self, work: _Work, type_: IncidentEventType, cause_id: str) -> None:
+        span = self.span
+        if span is not None:
+            merged = _merged(span.type, type_)
+            if merged is not None:
+                span.type = merged
+                return
+            self._close()
+        previous = None if type_ == INCIDENT_OPENED else work.severity
+        self.span = _Span(type_, cause_id, previous)
+
+    def _close(self) -> None:
+        span, work = self.span, self.work
+        self.span = None
+        if span is None or work is None:
+            return
+        chunks = parts(list(span.alerts.values()))
+        text = span.text()
+        for n, chunk in enumerate(chunks, 1):
+            work.version += 1
+            incident = work.freeze()
+            label = f" (part {n} of {len(chunks)})" if len(chunks) > 1 else ""
+            self.changes.append(
+                Change(
+                    span.cause_id,
+                    span.type if n == 1 else INCIDENT_UPDATED,
+                    incident,
+                    text + label,
+                    span.previous if n == 1 else incident.severity,
+                    alerts=tuple(chunk),
+                )
+            )
+            self.final[incident.id] = incident
+        work.incident = self.final[work.id]
 
 
-def _event(
-    cause_id: str,
-    type_: IncidentEventType,
-    incident: Incident,
-    *,
-    change: str,
-    previous: Severity | None,
-    actor: str | None = None,
-) -> Change:
-    return Change(cause_id, type_, incident, change, previous, actor)
+def _stale(mark: AlertMark | None, starts: str, status: str, at: str) -> bool:
+    """Older than what we know: an earlier startsAt, or a late delivery about the same one.
 
-
-def _stale(mark: AlertMark | None, new: AlertMark) -> bool:
-    """Older than what we know: an earlier startsAt, or a firing after its own resolve."""
-    if mark is None:
+    A firing with the startsAt of a resolve is the alert firing again (Alertmanager resolved
+    it when its endsAt passed, say while Prometheus could not reach it) when it comes after
+    the resolve took effect; before that, it is a late delivery of the firing that was
+    resolved. ``at`` is the resolve's endsAt (or its event time), or the firing's event time.
+    """
+    if mark is None or starts > mark.starts_at:
         return False
-    return (new.starts_at, _STATUS_ORDER[new.status]) < (
-        mark.starts_at,
-        _STATUS_ORDER[mark.status],
-    )
+    if starts < mark.starts_at:
+        return True
+    if status == "firing" and mark.status == "resolved":
+        return at <= mark.at
+    return False
 
 
 def apply_alert(
@@ -127,218 +411,24 @@ def apply_alert(
     resolve_grace: timedelta = timedelta(0),
 ) -> list[Change]:
     """Fold one alert into its group; returns the incident events it causes (maybe none)."""
-    data = alert.data
-    new_mark = AlertMark(data.starts_at.isoformat() if data.starts_at else "-", data.status)
-    if _stale(group.marks.get(data.fingerprint), new_mark):
-        return []
-    group.marks[data.fingerprint] = new_mark
-    # A grace period that ran out while the group was quiet ends before this alert counts.
-    changes = expire_grace(group, alert.time, resolve_grace, cause_id=alert.event_id)
-    incident = group.incident
-    if data.status == "resolved":
-        if incident is None or incident.status == "resolved":
-            return changes
-        return changes + _resolve_alert(group, incident, alert, resolve_grace)
-    if incident is None or incident.status == "resolved":
-        return changes + _open_or_reopen(group, incident, alert, cls, reopen_window)
-    return changes + _fire_in_open(group, incident, alert, cls)
-
-
-def grace_deadline(incident: Incident, resolve_grace: timedelta) -> datetime | None:
-    if incident.status != "open" or incident.resolving_since is None:
-        return None
-    return incident.resolving_since + resolve_grace
+    fold = Fold(group, reopen_window, resolve_grace)
+    fold.alert(alert, cls)
+    return fold.finish()
 
 
 def expire_grace(
     group: GroupState, now: datetime, resolve_grace: timedelta, *, cause_id: str
 ) -> list[Change]:
     """Resolve the group's incident if its grace period has run out by ``now``."""
-    incident = group.incident
-    deadline = grace_deadline(incident, resolve_grace) if incident else None
-    if incident is None or deadline is None or now < deadline:
-        return []
-    updated = incident.model_copy(
-        update={
-            "status": "resolved",
-            "resolved_at": deadline,
-            "resolving_since": None,
-            "updated_at": max(deadline, incident.updated_at),
-            "version": incident.version + 1,
-        }
-    )
-    group.incident = updated
-    change = f"resolved: no alert fired again within the {resolve_grace} grace period"
-    return [_event(cause_id, INCIDENT_RESOLVED, updated, change=change, previous=incident.severity)]
+    fold = Fold(group, timedelta(0), resolve_grace)
+    fold.expire(now, cause_id)
+    return fold.finish()
 
 
-def _index(group: GroupState, alerts: tuple[IncidentAlert, ...]) -> AlertIndex:
-    index = group.alert_index
-    if index is None or index.alerts is not alerts:
-        index = group.alert_index = AlertIndex.of(alerts)
-    return index
-
-
-def _find_alert(
-    group: GroupState, alerts: tuple[IncidentAlert, ...], fingerprint: str
-) -> IncidentAlert | None:
-    pos = _index(group, alerts).positions.get(fingerprint)
-    return None if pos is None else alerts[pos]
-
-
-def _replace_alert(
-    group: GroupState, alerts: tuple[IncidentAlert, ...], new: IncidentAlert
-) -> tuple[tuple[IncidentAlert, ...], IncidentAlert | None]:
-    index = _index(group, alerts)
-    pos = index.positions.get(new.fingerprint)
-    if pos is None:
-        out = (*alerts, new)
-        index.positions[new.fingerprint] = len(alerts)
-        index.alerts = out
-        return out, None
-    old = alerts[pos]
-    out = (*alerts[:pos], new, *alerts[pos + 1 :])
-    index.alerts = out
-    return out, old
-
-
-def _open_or_reopen(
-    group: GroupState,
-    previous: Incident | None,
-    alert: AlertInput,
-    cls: Classification,
-    reopen_window: timedelta,
-) -> list[Change]:
-    item = _incident_alert(alert.data, cls)
-    at = alert.time
-    resolved_at = previous.resolved_at if previous else None
-    if previous is not None and resolved_at is not None and at - resolved_at <= reopen_window:
-        alerts, _ = _replace_alert(group, previous.alerts, item)
-        severity = highest(previous.severity, cls.severity)
-        incident = previous.model_copy(
-            update={
-                "status": "open",
-                "severity": severity,
-                "reasons": _reasons(alerts, severity) or previous.reasons,
-                "alerts": alerts,
-                "updated_at": at,
-                "resolved_at": None,
-                "version": previous.version + 1,
-            }
-        )
-        group.incident = incident
-        change = f"reopened by {item.alertname or item.fingerprint} firing"
-        return [
-            _event(
-                alert.event_id,
-                INCIDENT_REOPENED,
-                incident,
-                change=change,
-                previous=previous.severity,
-            )
-        ]
-    incident = Incident(
-        id="inc-" + derived_event_id(alert.event_id, "incident").lower(),
-        key=group.key,
-        severity=cls.severity,
-        status="open",
-        title=_title(alert.data),
-        reasons=_reasons((item,), cls.severity),
-        alerts=(item,),
-        opened_at=at,
-        updated_at=at,
-    )
-    group.incident = incident
-    change = f"opened by {item.alertname or item.fingerprint} firing"
-    return [_event(alert.event_id, INCIDENT_OPENED, incident, change=change, previous=None)]
-
-
-def _fire_in_open(
-    group: GroupState, incident: Incident, alert: AlertInput, cls: Classification
-) -> list[Change]:
-    item = _incident_alert(alert.data, cls)
-    alerts, old = _replace_alert(group, incident.alerts, item)
-    if old is not None and old.status == "firing" and old.severity == item.severity:
-        return []  # a repeat, or new annotations that change nothing we decide on
-    severity = highest(incident.severity, cls.severity)
-    escalated = severity != incident.severity
-    updated = incident.model_copy(
-        update={
-            "resolving_since": None,
-            "severity": severity,
-            "severity_source": "policy" if escalated else incident.severity_source,
-            "reasons": _reasons(alerts, severity) if escalated else incident.reasons,
-            "alerts": alerts,
-            "updated_at": max(alert.time, incident.updated_at),
-            "version": incident.version + 1,
-        }
-    )
-    group.incident = updated
-    name = item.alertname or item.fingerprint
-    if escalated:
-        change = f"escalated {incident.severity} -> {severity} by {name}: " + "; ".join(cls.reasons)
-        return [
-            _event(
-                alert.event_id,
-                INCIDENT_ESCALATED,
-                updated,
-                change=change,
-                previous=incident.severity,
-            )
-        ]
-    change = f"alert {name} firing" + (" again" if old is not None else "")
-    return [
-        _event(alert.event_id, INCIDENT_UPDATED, updated, change=change, previous=incident.severity)
-    ]
-
-
-def _resolve_alert(
-    group: GroupState, incident: Incident, alert: AlertInput, resolve_grace: timedelta
-) -> list[Change]:
-    data = alert.data
-    old = _find_alert(group, incident.alerts, data.fingerprint)
-    if old is None or old.status == "resolved":
-        return []
-    resolved = old.model_copy(update={"status": "resolved", "ends_at": data.ends_at})
-    alerts, _ = _replace_alert(group, incident.alerts, resolved)
-    at = max(alert.time, incident.updated_at)
-    all_resolved = all(a.status == "resolved" for a in alerts)
-    waiting = all_resolved and resolve_grace > timedelta(0)
-    done = all_resolved and not waiting
-    updated = incident.model_copy(
-        update={
-            "alerts": alerts,
-            "status": "resolved" if done else "open",
-            "resolved_at": at if done else None,
-            "resolving_since": at if waiting else None,
-            "updated_at": at,
-            "version": incident.version + 1,
-        }
-    )
-    group.incident = updated
-    name = old.alertname or old.fingerprint
-    if waiting:
-        change = f"last alert {name} resolved; resolves after {resolve_grace} unless one fires"
-        return [
-            _event(
-                alert.event_id, INCIDENT_UPDATED, updated, change=change, previous=incident.severity
-            )
-        ]
-    if done:
-        change = f"resolved: last alert {name} resolved"
-        return [
-            _event(
-                alert.event_id,
-                INCIDENT_RESOLVED,
-                updated,
-                change=change,
-                previous=incident.severity,
-            )
-        ]
-    change = f"alert {name} resolved"
-    return [
-        _event(alert.event_id, INCIDENT_UPDATED, updated, change=change, previous=incident.severity)
-    ]
+def grace_deadline(incident: Incident, resolve_grace: timedelta) -> datetime | None:
+    if incident.status != "open" or incident.resolving_since is None:
+        return None
+    return incident.resolving_since + resolve_grace
 
 
 def set_severity(
@@ -355,7 +445,7 @@ def set_severity(
         update={
             "severity": severity,
             "severity_source": "manual",
-            "reasons": (f"set by {actor}: {reason}",),
+            "reasons": (clip(f"set by {actor}: {reason}"),),
             "updated_at": max(at, incident.updated_at),
             "version": incident.version + 1,
         }
@@ -364,7 +454,4 @@ def set_severity(
         INCIDENT_ESCALATED if is_more_severe(severity, incident.severity) else INCIDENT_UPDATED
     )
     change = f"severity {incident.severity} -> {severity} set by {actor}: {reason}"
-    event = _event(
-        request_id, type_, updated, change=change, previous=incident.severity, actor=actor
-    )
-    return updated, event
+    return updated, Change(request_id, type_, updated, change, incident.severity, actor)

@@ -20,15 +20,15 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from classifier.classify import classify_alert
-from classifier.lifecycle import AlertInput, apply_alert, expire_grace, grace_deadline
-from classifier.outbox import relay_outbox
+from classifier.grouping import incident_key
+from classifier.lifecycle import AlertInput, Fold
 from classifier.policy import Policy
 from eventlog import EventLog, Record, Subscription
-from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData, derived_event_id
+from runtime.relay import relay_outbox
+from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, derived_event_id
 from schemas.events import AlertEnvelope
 from store.base import (
     GroupState,
-    IncidentQuery,
     IncidentStore,
     IncidentWrite,
     OutboxEvent,
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 CONSUMER_GROUP = "sevpipe-classifier"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ALERT_TYPES = frozenset({"alert.firing", "alert.resolved"})
 
 
@@ -63,12 +64,6 @@ class ClassifierMetrics:
             "Time to classify, store and relay one batch",
             registry=registry,
         )
-
-
-def incident_key(data: AlertEventData, policy: Policy) -> str:
-    if not policy.group_by:
-        return data.group.group_key
-    return "{" + ",".join(f'{n}="{data.labels.get(n, "")}"' for n in policy.group_by) + "}"
 
 
 def _inputs(records: Sequence[Record]) -> list[AlertInput]:
@@ -105,23 +100,46 @@ class Decided:
     incidents: list[IncidentWrite]
     outbox: list[OutboxEvent]
 
+    def add(self, fold: Fold) -> None:
+        """What ``fold`` decided, to be saved in one transaction with the rest of the batch."""
+        changes = fold.finish()
+        group = fold.group
+        if not changes and not group.changed_marks:
+            return  # nothing but stale alerts: the group stays as it is
+        self.groups.append(group)
+        self.outbox.extend(
+            OutboxEvent(TOPIC_INCIDENTS, c.incident.id, c.envelope()) for c in changes
+        )
+        self.incidents.extend(
+            IncidentWrite(inc, fold.loaded[inc.id]) for inc in fold.final.values()
+        )
+
+
+def fingerprints(inputs: Sequence[AlertInput], policy: Policy) -> dict[str, set[str]]:
+    """The fingerprints each group key's alerts in ``inputs`` name: what a batch loads."""
+    out: dict[str, set[str]] = {}
+    for item in inputs:
+        out.setdefault(incident_key(item.data, policy), set()).add(item.data.fingerprint)
+    return out
+
 
 def decide(inputs: Sequence[AlertInput], groups: dict[str, GroupState], policy: Policy) -> Decided:
-    """Apply the inputs in log order to the loaded groups (mutated in place)."""
-    loaded = {g.incident.id: g.incident.version for g in groups.values() if g.incident}
-    touched_groups: dict[str, GroupState] = {}
-    outbox: list[OutboxEvent] = []
-    latest: dict[str, IncidentWrite] = {}
+    """Fold the inputs in log order into the loaded groups (mutated in place).
+
+    All alerts of one group in the batch become one change of its incident: one version and
+    one event (or a few, when the change is large or the incident opens or resolves in it).
+    """
+    folds: dict[str, Fold] = {}
     for item in inputs:
-        group = groups[incident_key(item.data, policy)]
-        touched_groups[group.key] = group
-        cls = classify_alert(item.data, policy)
-        events = apply_alert(group, item, cls, policy.reopen_window, policy.resolve_grace)
-        for change in events:
-            outbox.append(OutboxEvent(TOPIC_INCIDENTS, change.incident.id, change.envelope()))
-            inc = change.incident
-            latest[inc.id] = IncidentWrite(inc, loaded.get(inc.id, 0))
-    return Decided(list(touched_groups.values()), list(latest.values()), outbox)
+        key = incident_key(item.data, policy)
+        fold = folds.get(key)
+        if fold is None:
+            fold = folds[key] = Fold(groups[key], policy.reopen_window, policy.resolve_grace)
+        fold.alert(item, classify_alert(item.data, policy))
+    decided = Decided([], [], [])
+    for fold in folds.values():
+        decided.add(fold)
+    return decided
 
 
 def decide_expiries(groups: dict[str, GroupState], now: datetime, policy: Policy) -> Decided:
@@ -131,13 +149,9 @@ def decide_expiries(groups: dict[str, GroupState], now: datetime, policy: Policy
         before = group.incident
         if before is None:
             continue
-        cause = derived_event_id(before.id[4:].upper(), "grace", str(before.version))
-        for change in expire_grace(group, now, policy.resolve_grace, cause_id=cause):
-            decided.outbox.append(
-                OutboxEvent(TOPIC_INCIDENTS, change.incident.id, change.envelope())
-            )
-            decided.incidents.append(IncidentWrite(change.incident, before.version))
-            decided.groups.append(group)
+        fold = Fold(group, policy.reopen_window, policy.resolve_grace)
+        fold.expire(now, derived_event_id(before.id[4:].upper(), "grace", str(before.version)))
+        decided.add(fold)
     return decided
 
 
@@ -169,6 +183,7 @@ class ClassifierStage:
         self.batch_size = batch_size
         self.max_backoff = max_backoff
         self._next_expiry_scan = 0.0
+        self._event_time: datetime | None = None
         self._sub: Subscription | None = None
 
     def lag(self) -> dict[tuple[str, int], int]:
@@ -179,7 +194,7 @@ class ClassifierStage:
     async def process(self, records: Sequence[Record]) -> Decided:
         """Decide, store and relay one batch; retried on conflicts."""
         inputs = _inputs(records)
-        keys = list(dict.fromkeys(incident_key(i.data, self.policy) for i in inputs))
+        wanted = fingerprints(inputs, self.policy)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, StoreConflict)),
             stop=stop_after_attempt(20),
@@ -189,32 +204,31 @@ class ClassifierStage:
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.metrics.conflicts.inc()
-                groups = await self.store.load_groups(keys)
+                groups = await self.store.load_groups(list(wanted), wanted)
                 decided = decide(inputs, groups, self.policy)
                 await self.store.save(decided.groups, decided.incidents, decided.outbox)
         await relay_outbox(self.store, self.log)
+        if inputs:
+            newest = max(i.time for i in inputs)
+            self._event_time = max(self._event_time or newest, newest)
         self.metrics.alerts.inc(len(inputs))
         for item in decided.outbox:
             self.metrics.events.labels(item.envelope.type).inc()
         return decided
 
     async def expire_graces(self, now: datetime | None = None) -> int:
-        """Resolve open incidents whose grace period has run out; returns how many."""
-        if self.policy.resolve_grace <= timedelta(0):
+        """Resolve open incidents whose grace period has run out by ``now``; returns how many.
+
+        ``now`` defaults to the newest event time the stage has processed, so a replay of the
+        same log expires the same incidents at the same points. Only a stage that has caught
+        up with the log asks with the wall clock (see ``_consume``): with nothing newer in
+        the log, that is the best estimate of the time events would carry.
+        """
+        grace = self.policy.resolve_grace
+        now = now or self._event_time
+        if grace <= timedelta(0) or now is None:
             return 0
-        if now is None:
-            # Scanning open incidents on every batch would tax a busy stage; once a second
-            # is as precise as a grace period needs.
-            if time.monotonic() < self._next_expiry_scan:
-                return 0
-            self._next_expiry_scan = time.monotonic() + 1.0
-            now = datetime.now(UTC)
-        open_incidents = await self.store.list_incidents(IncidentQuery(status="open", limit=10_000))
-        keys = [
-            i.key
-            for i in open_incidents
-            if (deadline := grace_deadline(i, self.policy.resolve_grace)) and deadline <= now
-        ]
+        keys = await self.store.due_graces(now, grace)
         if not keys:
             return 0
         async for attempt in AsyncRetrying(
@@ -229,6 +243,15 @@ class ClassifierStage:
                 await self.store.save(decided.groups, decided.incidents, decided.outbox)
         await relay_outbox(self.store, self.log)
         return len(decided.incidents)
+
+    async def _idle(self) -> None:
+        """Between fetches that found nothing: outbox rows others wrote (the API), and grace
+        periods that ran out while the log was quiet."""
+        await relay_outbox(self.store, self.log)
+        if time.monotonic() >= self._next_expiry_scan:
+            # Once a second is as precise as a grace period needs.
+            self._next_expiry_scan = time.monotonic() + 1.0
+            await self.expire_graces(max(self._event_time or _EPOCH, datetime.now(UTC)))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; outages of the log or store are waited out."""
@@ -247,11 +270,12 @@ class ClassifierStage:
             records = await self._with_backoff(
                 stop, lambda: sub.fetch(self.batch_size, max_wait=0.5)
             )
-            await self._with_backoff(stop, self.expire_graces)
             if not records:
+                await self._with_backoff(stop, self._idle)
                 continue
             with self.metrics.batch_seconds.time():
                 await self._with_backoff(stop, lambda r=records: self.process(r))  # type: ignore[misc]
+                await self._with_backoff(stop, self.expire_graces)
             await self._with_backoff(stop, sub.commit)
 
     async def _with_backoff(self, stop: asyncio.Event, fn: Callable[[], Awaitable[T]]) -> T:

@@ -1,15 +1,17 @@
 """Incidents: the state the classifier keeps, and the events it appends about them.
 
-Every incident event carries the whole incident as it stands after the change, so the store
-can be rebuilt from the ``sevpipe.incidents`` topic alone (``sevpipe rebuild``).
+An incident event never grows with its incident: it carries the incident's summary (severity,
+status, counts, times, version) and only the alerts that changed in it. The full alert list is
+a projection in the store, paged by the API; ``sevpipe rebuild`` folds the events' changed
+alerts back into it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.alertmanager import AlertStatus
 from schemas.severity import Severity
@@ -35,6 +37,9 @@ IncidentEventType = Literal[
 ]
 IncidentStatus = Literal["open", "resolved"]
 
+MAX_EVENT_BYTES: Final = 256 * 1024
+"""No incident event may be larger than this (DESIGN.md); big changes are split."""
+
 
 class IncidentAlert(BaseModel):
     """One alert's latest known state inside an incident."""
@@ -52,8 +57,18 @@ class IncidentAlert(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class IncidentCounts(BaseModel):
+    """How many alerts an incident has, and how many of them fire now."""
+
+    model_config = ConfigDict(frozen=True)
+
+    alerts: int = 0
+    firing: int = 0
+    resolved: int = 0
+
+
 class Incident(BaseModel):
-    """An incident as the API shows it."""
+    """An incident's summary: what the API lists and every incident event carries."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -63,8 +78,8 @@ class Incident(BaseModel):
     severity_source: Literal["policy", "manual"] = "policy"
     status: IncidentStatus
     title: str
-    reasons: tuple[str, ...] = Field(description="why it has its severity")
-    alerts: tuple[IncidentAlert, ...] = ()
+    reasons: tuple[str, ...] = Field(description="why it has its severity (at most 20)")
+    counts: IncidentCounts = Field(default_factory=IncidentCounts)
     opened_at: datetime
     updated_at: datetime
     resolved_at: datetime | None = None
@@ -86,3 +101,22 @@ class IncidentEventData(BaseModel):
     previous_severity: Severity | None = None
     cause: str | None = Field(None, description="id of the event that caused this one")
     actor: str | None = Field(None, description="who changed it by hand, if anyone")
+    alerts: tuple[IncidentAlert, ...] = Field(
+        (), description="the alerts that changed in this event, as they are after it"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_whole_incident(cls, value: Any) -> Any:
+        """Events written before incidents were bounded carried every alert in the incident;
+        read them as a change of all those alerts, so old logs still rebuild."""
+        if not isinstance(value, dict) or "alerts" in value:
+            return value
+        incident = value.get("incident")
+        if not isinstance(incident, dict) or "alerts" not in incident:
+            return value
+        alerts = incident["alerts"]
+        firing = sum(1 for a in alerts if isinstance(a, dict) and a.get("status") == "firing")
+        counts = {"alerts": len(alerts), "firing": firing, "resolved": len(alerts) - firing}
+        rest = {k: v for k, v in incident.items() if k != "alerts"}
+        return {**value, "incident": {**rest, "counts": counts}, "alerts": alerts}

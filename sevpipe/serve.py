@@ -81,7 +81,7 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
         routes: list[web.RouteDef] = []
         if "ingest" in roles:
             receiver = Receiver(settings.receiver_config(), eventlog, ReceiverMetrics(registry))
-            api = IncidentsApi(store, eventlog, authorizer(creds))
+            api = IncidentsApi(store, authorizer(creds))
             routes += [*receiver.routes(), *api.routes()]
         stop = asyncio.Event()
         stage_task: asyncio.Task[None] | None = None

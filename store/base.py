@@ -8,14 +8,29 @@ API, never lose each other's updates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from schemas import Envelope
+from schemas.alertmanager import AlertStatus
+from schemas.incident_state import AlertMark, GroupState
 from schemas.incidents import Incident, IncidentAlert, IncidentStatus
 from schemas.severity import Severity
+
+__all__ = [
+    "AlertMark",
+    "GroupState",
+    "IncidentQuery",
+    "IncidentStore",
+    "IncidentWrite",
+    "OutboxEvent",
+    "StoreConflict",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredEvent",
+]
 
 
 class StoreError(Exception):
@@ -32,42 +47,6 @@ class StoreConflict(StoreError):
     """Someone else changed what was loaded; reload and decide again."""
 
     retriable = True
-
-
-@dataclass(frozen=True, slots=True)
-class AlertMark:
-    """The latest (startsAt, status) seen for an alert of a group: what makes a repeat."""
-
-    starts_at: str
-    status: str
-
-
-@dataclass(slots=True)
-class GroupState:
-    """Everything the lifecycle needs to decide about one incident group key."""
-
-    key: str
-    version: int = 0
-    incident: Incident | None = None
-    marks: dict[str, AlertMark] = field(default_factory=dict)
-    alert_index: AlertIndex | None = field(default=None, repr=False, compare=False)
-    """Derived, never stored: where each alert of ``incident.alerts`` sits."""
-
-
-@dataclass(slots=True)
-class AlertIndex:
-    """Positions of an incident's alerts by fingerprint, for the tuple they were taken from.
-
-    Big incidents get an alert per fingerprint; finding one by scanning the tuple on every
-    alert made a backtest quadratic in incident size.
-    """
-
-    alerts: tuple[IncidentAlert, ...]
-    positions: dict[str, int]
-
-    @classmethod
-    def of(cls, alerts: tuple[IncidentAlert, ...]) -> AlertIndex:
-        return cls(alerts, {a.fingerprint: i for i, a in enumerate(alerts)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +84,29 @@ class IncidentStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def load_groups(self, keys: Sequence[str]) -> dict[str, GroupState]:
-        """The state of each key (a fresh ``GroupState`` for a key never seen)."""
+    async def load_groups(
+        self, keys: Sequence[str], fingerprints: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, GroupState]:
+        """The state of each key (a fresh ``GroupState`` for a key never seen).
+
+        Marks, and the current incident's alerts, are loaded only for ``fingerprints[key]``:
+        a batch needs those of its own alerts, never the whole group's.
+        """
+        ...
+
+    async def list_alerts(
+        self,
+        incident_id: str,
+        *,
+        status: AlertStatus | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[IncidentAlert]:
+        """An incident's alerts by fingerprint, those after ``after`` (a page's cursor)."""
+        ...
+
+    async def due_graces(self, now: datetime, grace: timedelta, limit: int = 500) -> list[str]:
+        """Keys of the groups whose open incident has waited out ``grace`` by ``now``."""
         ...
 
     async def get_incident(self, incident_id: str) -> Incident | None: ...
@@ -121,7 +121,8 @@ class IncidentStore(Protocol):
         incidents: Sequence[IncidentWrite],
         outbox: Sequence[OutboxEvent],
     ) -> None:
-        """In one transaction: the groups (version + 1 each), incidents and outbox events.
+        """In one transaction: the groups (version + 1 each, with their changed marks and
+        alerts), incidents and outbox events.
 
         Raises ``StoreConflict`` (and writes nothing) if a group or incident changed since
         it was loaded. Outbox events whose id is already stored are ignored.
@@ -132,11 +133,23 @@ class IncidentStore(Protocol):
         """The incident's events in the order they were decided."""
         ...
 
+    async def caused(self, incident_id: str, cause_id: str) -> bool:
+        """Whether an event of the incident was caused by ``cause_id`` (an idempotent retry)."""
+        ...
+
     async def unrelayed(self, limit: int = 500) -> list[StoredEvent]:
         """Outbox events not yet appended to the log, oldest first."""
         ...
 
     async def mark_relayed(self, seqs: Sequence[int]) -> None: ...
+
+    async def relay(
+        self, publish: Callable[[Sequence[StoredEvent]], Awaitable[None]], *, limit: int = 500
+    ) -> int | None:
+        """As the one relayer: hand up to ``limit`` unrelayed events, in the order they were
+        decided, to ``publish`` (which makes them durable in the log), then mark them relayed.
+        Returns how many, or None when another relayer holds the outbox now."""
+        ...
 
     async def reset(self) -> None:
         """Forget everything (``sevpipe rebuild`` then restores it from the log)."""

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import orjson
-
 from schemas import Envelope
-from schemas.incidents import Incident, IncidentEventData
+from schemas.alertmanager import AlertStatus
+from schemas.incidents import Incident, IncidentAlert, IncidentEventData
 from store.base import (
     AlertMark,
     GroupState,
@@ -24,50 +23,23 @@ from store.base import (
     StoredEvent,
     StoreUnavailable,
 )
+from store.embedded_schema import create_or_upgrade
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS groups (
-    key          TEXT PRIMARY KEY,
-    version      INTEGER NOT NULL,
-    incident_id  TEXT,
-    marks        BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS incidents (
-    id           TEXT PRIMARY KEY,
-    key          TEXT NOT NULL,
-    status       TEXT NOT NULL,
-    severity     TEXT NOT NULL,
-    opened_ms    INTEGER NOT NULL,
-    updated_ms   INTEGER NOT NULL,
-    version      INTEGER NOT NULL,
-    doc          BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS incidents_updated ON incidents (updated_ms);
-CREATE TABLE IF NOT EXISTS incident_events (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-    incident_id  TEXT NOT NULL,
-    topic        TEXT NOT NULL,
-    event_id     TEXT NOT NULL UNIQUE,
-    envelope     BLOB NOT NULL,
-    relayed      INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS incident_events_by_incident ON incident_events (incident_id, seq);
-CREATE INDEX IF NOT EXISTS incident_events_unrelayed ON incident_events (seq) WHERE relayed = 0;
-"""
+_CHUNK = 500  # values per IN (...) list
 
 
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
+def _ms(at: datetime | None) -> int | None:
+    return None if at is None else int(at.timestamp() * 1000)
 
 
-def _marks_blob(marks: dict[str, AlertMark]) -> bytes:
-    return orjson.dumps({fp: [m.starts_at, m.status] for fp, m in marks.items()})
+def _resolving_ms(inc: Incident) -> int | None:
+    return _ms(inc.resolving_since) if inc.status == "open" else None
 
 
-def _marks(blob: bytes) -> dict[str, AlertMark]:
-    return {fp: AlertMark(s, st) for fp, (s, st) in orjson.loads(blob).items()}
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
 
 
 class EmbeddedStore:
@@ -83,6 +55,7 @@ class EmbeddedStore:
         self._busy_timeout = busy_timeout
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-store")
         self._conn: sqlite3.Connection | None = None
+        self._relay_lock = asyncio.Lock()
 
     async def __aenter__(self) -> EmbeddedStore:
         await self.start()
@@ -98,7 +71,7 @@ class EmbeddedStore:
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
-        conn.executescript(_SCHEMA)
+        create_or_upgrade(conn)
         self._conn = conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
@@ -138,18 +111,27 @@ class EmbeddedStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def load_groups(self, keys: Sequence[str]) -> dict[str, GroupState]:
+    async def load_groups(
+        self, keys: Sequence[str], fingerprints: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, GroupState]:
+        wanted = fingerprints or {}
+
         def load(conn: sqlite3.Connection) -> dict[str, GroupState]:
             out = {k: GroupState(k) for k in keys}
             for key in out:
                 row = conn.execute(
-                    "SELECT g.version, g.marks, i.doc FROM groups g"
+                    "SELECT g.version, i.doc FROM groups g"
                     " LEFT JOIN incidents i ON i.id = g.incident_id WHERE g.key = ?",
                     (key,),
                 ).fetchone()
-                if row is not None:
-                    incident = Incident.model_validate_json(row[2]) if row[2] else None
-                    out[key] = GroupState(key, row[0], incident, _marks(row[1]))
+                if row is None:
+                    continue
+                incident = Incident.model_validate_json(row[1]) if row[1] else None
+                group = out[key] = GroupState(key, row[0], incident)
+                fps = list(wanted.get(key, ()))
+                group.marks = _load_marks(conn, key, fps)
+                if incident is not None:
+                    group.alerts = _load_alerts(conn, incident.id, fps)
             return out
 
         return await self._run(load)
@@ -172,12 +154,46 @@ class EmbeddedStore:
             args.append(query.severity)
         if query.since is not None:
             sql += " AND updated_ms >= ?"
-            args.append(int(query.since.timestamp() * 1000))
+            args.append(_ms(query.since))
         sql += " ORDER BY updated_ms DESC, id DESC LIMIT ?"
         args.append(query.limit)
 
         def select(conn: sqlite3.Connection) -> list[Incident]:
             return [Incident.model_validate_json(r[0]) for r in conn.execute(sql, args)]
+
+        return await self._run(select)
+
+    async def list_alerts(
+        self,
+        incident_id: str,
+        *,
+        status: AlertStatus | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[IncidentAlert]:
+        sql = "SELECT doc FROM incident_alerts WHERE incident_id = ? AND fingerprint > ?"
+        args: list[object] = [incident_id, after or ""]
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        sql += " ORDER BY fingerprint LIMIT ?"
+        args.append(limit)
+
+        def select(conn: sqlite3.Connection) -> list[IncidentAlert]:
+            return [IncidentAlert.model_validate_json(r[0]) for r in conn.execute(sql, args)]
+
+        return await self._run(select)
+
+    async def due_graces(self, now: datetime, grace: timedelta, limit: int = 500) -> list[str]:
+        before = int((now - grace).timestamp() * 1000)
+
+        def select(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT key FROM incidents WHERE resolving_ms IS NOT NULL AND resolving_ms <= ?"
+                " AND status = 'open' ORDER BY resolving_ms LIMIT ?",
+                (before, limit),
+            )
+            return [r[0] for r in rows]
 
         return await self._run(select)
 
@@ -188,6 +204,17 @@ class EmbeddedStore:
                 (incident_id,),
             )
             return [Envelope.model_validate_json(r[0]) for r in rows]
+
+        return await self._run(select)
+
+    async def caused(self, incident_id: str, cause_id: str) -> bool:
+        def select(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM incident_events WHERE incident_id = ?"
+                " AND json_extract(envelope, '$.data.cause') = ? LIMIT 1",
+                (incident_id, cause_id),
+            ).fetchone()
+            return row is not None
 
         return await self._run(select)
 
@@ -218,10 +245,7 @@ class EmbeddedStore:
             conn.executemany(
                 "INSERT OR IGNORE INTO incident_events (incident_id, topic, event_id, envelope)"
                 " VALUES (?, ?, ?, ?)",
-                [
-                    (e.incident_id, e.topic, e.envelope.id, e.envelope.model_dump_json())
-                    for e in outbox
-                ],
+                [(e.incident_id, e.topic, e.envelope.id, e.envelope.json_bytes()) for e in outbox],
             )
 
         await self._run(write, write=True)
@@ -234,9 +258,29 @@ class EmbeddedStore:
 
         await self._run(write, write=True)
 
+    async def relay(
+        self, publish: Callable[[Sequence[StoredEvent]], Awaitable[None]], *, limit: int = 500
+    ) -> int | None:
+        """Publish up to ``limit`` unrelayed events in order and mark them; None if another
+        relayer of this process holds the relay (the embedded store has one process)."""
+        if self._relay_lock.locked():
+            return None
+        async with self._relay_lock:
+            pending = await self.unrelayed(limit)
+            if pending:
+                await publish(pending)
+                await self.mark_relayed([p.seq for p in pending])
+            return len(pending)
+
     async def reset(self) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            for table in ("groups", "incidents", "incident_events"):
+            for table in (
+                "groups",
+                "group_marks",
+                "incidents",
+                "incident_alerts",
+                "incident_events",
+            ):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
 
         await self._run(write, write=True)
@@ -244,63 +288,113 @@ class EmbeddedStore:
     async def restore(self, events: Sequence[tuple[str, Envelope]]) -> None:
         def write(conn: sqlite3.Connection) -> None:
             for topic, envelope in events:
-                incident = IncidentEventData.model_validate(envelope.data).incident
-                _restore_incident(conn, incident)
+                data = IncidentEventData.model_validate(envelope.data)
+                _restore_event(conn, data)
                 conn.execute(
                     "INSERT OR IGNORE INTO incident_events"
                     " (incident_id, topic, event_id, envelope, relayed) VALUES (?, ?, ?, ?, 1)",
-                    (incident.id, topic, envelope.id, envelope.model_dump_json()),
+                    (data.incident.id, topic, envelope.id, envelope.json_bytes()),
                 )
 
         await self._run(write, write=True)
+
+
+def _load_marks(conn: sqlite3.Connection, key: str, fps: Sequence[str]) -> dict[str, AlertMark]:
+    out: dict[str, AlertMark] = {}
+    for chunk in _chunks(fps):
+        rows = conn.execute(
+            "SELECT fingerprint, starts_at, status, at, event_id FROM group_marks"  # noqa: S608
+            f" WHERE key = ? AND fingerprint IN ({','.join('?' * len(chunk))})",
+            (key, *chunk),
+        )
+        out.update((r[0], AlertMark(*r[1:])) for r in rows)
+    return out
+
+
+def _load_alerts(
+    conn: sqlite3.Connection, incident_id: str, fps: Sequence[str]
+) -> dict[str, IncidentAlert]:
+    out: dict[str, IncidentAlert] = {}
+    for chunk in _chunks(fps):
+        rows = conn.execute(
+            "SELECT fingerprint, doc FROM incident_alerts"  # noqa: S608 - placeholders only
+            f" WHERE incident_id = ? AND fingerprint IN ({','.join('?' * len(chunk))})",
+            (incident_id, *chunk),
+        )
+        out.update((fp, IncidentAlert.model_validate_json(doc)) for fp, doc in rows)
+    return out
 
 
 def _write_group(conn: sqlite3.Connection, group: GroupState) -> None:
     incident_id = group.incident.id if group.incident else None
     if group.version == 0:
         cur = conn.execute(
-            "INSERT OR IGNORE INTO groups (key, version, incident_id, marks) VALUES (?, 1, ?, ?)",
-            (group.key, incident_id, _marks_blob(group.marks)),
+            "INSERT OR IGNORE INTO groups (key, version, incident_id) VALUES (?, 1, ?)",
+            (group.key, incident_id),
         )
     else:
         cur = conn.execute(
-            "UPDATE groups SET version = version + 1, incident_id = ?, marks = ?"
+            "UPDATE groups SET version = version + 1, incident_id = ?"
             " WHERE key = ? AND version = ?",
-            (incident_id, _marks_blob(group.marks), group.key, group.version),
+            (incident_id, group.key, group.version),
         )
     if cur.rowcount != 1:
         raise StoreConflict(f"group {group.key!r} changed since it was loaded")
+    _write_marks(conn, group.key, {fp: group.marks[fp] for fp in group.changed_marks})
+    _write_alerts(conn, group.changed_alerts)
+
+
+def _write_marks(conn: sqlite3.Connection, key: str, marks: Mapping[str, AlertMark]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO group_marks (key, fingerprint, starts_at, status, at, event_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(key, fp, m.starts_at, m.status, m.at, m.event) for fp, m in marks.items()],
+    )
+
+
+def _write_alerts(
+    conn: sqlite3.Connection, alerts: Mapping[tuple[str, str], IncidentAlert]
+) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO incident_alerts (incident_id, fingerprint, status, doc)"
+        " VALUES (?, ?, ?, ?)",
+        [(iid, fp, a.status, a.model_dump_json()) for (iid, fp), a in alerts.items()],
+    )
+
+
+def _incident_row(inc: Incident) -> tuple[object, ...]:
+    return (
+        inc.id,
+        inc.key,
+        inc.status,
+        inc.severity,
+        _ms(inc.opened_at),
+        _ms(inc.updated_at),
+        _resolving_ms(inc),
+        inc.version,
+        inc.model_dump_json(),
+    )
 
 
 def _write_incident(conn: sqlite3.Connection, w: IncidentWrite) -> None:
     inc = w.incident
-    doc = inc.model_dump_json()
     if w.expected_version == 0:
         cur = conn.execute(
-            "INSERT OR IGNORE INTO incidents"
-            " (id, key, status, severity, opened_ms, updated_ms, version, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                inc.id,
-                inc.key,
-                inc.status,
-                inc.severity,
-                _ms(inc.opened_at),
-                _ms(inc.updated_at),
-                inc.version,
-                doc,
-            ),
+            "INSERT OR IGNORE INTO incidents (id, key, status, severity, opened_ms, updated_ms,"
+            " resolving_ms, version, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _incident_row(inc),
         )
     else:
         cur = conn.execute(
-            "UPDATE incidents SET status = ?, severity = ?, updated_ms = ?, version = ?, doc = ?"
-            " WHERE id = ? AND version = ?",
+            "UPDATE incidents SET status = ?, severity = ?, updated_ms = ?, resolving_ms = ?,"
+            " version = ?, doc = ? WHERE id = ? AND version = ?",
             (
                 inc.status,
                 inc.severity,
                 _ms(inc.updated_at),
+                _resolving_ms(inc),
                 inc.version,
-                doc,
+                inc.model_dump_json(),
                 inc.id,
                 w.expected_version,
             ),
@@ -309,35 +403,35 @@ def _write_incident(conn: sqlite3.Connection, w: IncidentWrite) -> None:
         raise StoreConflict(f"incident {inc.id} changed since it was loaded")
 
 
-def _restore_incident(conn: sqlite3.Connection, inc: Incident) -> None:
-    conn.execute(
-        "INSERT INTO incidents (id, key, status, severity, opened_ms, updated_ms, version, doc)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET status = excluded.status,"
-        " severity = excluded.severity, updated_ms = excluded.updated_ms,"
+def _restore_event(conn: sqlite3.Connection, data: IncidentEventData) -> None:
+    inc = data.incident
+    cur = conn.execute(
+        "INSERT INTO incidents (id, key, status, severity, opened_ms, updated_ms, resolving_ms,"
+        " version, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+        " status = excluded.status, severity = excluded.severity,"
+        " updated_ms = excluded.updated_ms, resolving_ms = excluded.resolving_ms,"
         " version = excluded.version, doc = excluded.doc"
         " WHERE excluded.version > incidents.version",
-        (
-            inc.id,
-            inc.key,
-            inc.status,
-            inc.severity,
-            _ms(inc.opened_at),
-            _ms(inc.updated_at),
-            inc.version,
-            inc.model_dump_json(),
-        ),
+        _incident_row(inc),
     )
-    marks = {
-        a.fingerprint: AlertMark(a.starts_at.isoformat() if a.starts_at else "-", a.status)
-        for a in inc.alerts
-    }
+    if cur.rowcount != 1:
+        return  # an event older than what is stored: its alerts are older too
+    _write_alerts(conn, {(inc.id, a.fingerprint): a for a in data.alerts})
     # A late event about an older incident of the key (say, a severity set by hand after
     # the group moved on) must not make that incident the group's current one again.
-    conn.execute(
-        "INSERT INTO groups (key, version, incident_id, marks) VALUES (?, 1, ?, ?)"
+    cur = conn.execute(
+        "INSERT INTO groups (key, version, incident_id) VALUES (?, 1, ?)"
         " ON CONFLICT (key) DO UPDATE SET version = groups.version + 1,"
-        " incident_id = excluded.incident_id, marks = excluded.marks"
+        " incident_id = excluded.incident_id"
         " WHERE groups.incident_id = excluded.incident_id OR ? >= COALESCE("
         " (SELECT opened_ms FROM incidents WHERE id = groups.incident_id), 0)",
-        (inc.key, inc.id, _marks_blob(marks), _ms(inc.opened_at)),
+        (inc.key, inc.id, _ms(inc.opened_at)),
     )
+    if cur.rowcount == 1:
+        _write_marks(conn, inc.key, {a.fingerprint: _mark_of(a) for a in data.alerts})
+
+
+def _mark_of(alert: IncidentAlert) -> AlertMark:
+    starts = alert.starts_at.isoformat() if alert.starts_at else "-"
+    at = alert.ends_at.isoformat() if alert.status == "resolved" and alert.ends_at else ""
+    return AlertMark(starts, alert.status, at)

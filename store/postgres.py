@@ -10,16 +10,24 @@ server answers again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import orjson
 
 from schemas import Envelope
-from schemas.incidents import Incident, IncidentEventData
+from schemas.alertmanager import AlertStatus
+from schemas.incidents import Incident, IncidentAlert, IncidentEventData
 from store.base import (
     AlertMark,
     GroupState,
@@ -32,6 +40,10 @@ from store.base import (
     StoreUnavailable,
 )
 from store.migrations import migrate
+from store.postgres_writes import ms, pg, restore_event, unpg, write_groups, write_incidents
+
+# Key of the advisory lock a relayer holds while it publishes the outbox ("relay" + 1).
+RELAY_LOCK = 0x72656C617901
 
 # The server or the network is (for now) not there: wait and try again.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -55,24 +67,6 @@ def _translated() -> Iterator[None]:
         raise StoreConflict(f"postgres rolled back: {exc}") from exc
     except asyncpg.PostgresError as exc:
         raise StoreError(f"postgres: {type(exc).__name__}: {exc}") from exc
-
-
-def _ms(at: datetime) -> int:
-    # The embedded store's conversion, so both backends filter and order identically.
-    return int(at.timestamp() * 1000)
-
-
-def _marks_json(marks: dict[str, AlertMark]) -> str:
-    return orjson.dumps({fp: [m.starts_at, m.status] for fp, m in marks.items()}).decode()
-
-
-def _marks(text: str) -> dict[str, AlertMark]:
-    return {fp: AlertMark(s, st) for fp, (s, st) in orjson.loads(text).items()}
-
-
-def _count(status: str) -> int:
-    """Rows touched, from a command tag such as ``INSERT 0 3`` or ``UPDATE 2``."""
-    return int(status.rsplit(" ", 1)[1])
 
 
 class PostgresStore:
@@ -141,17 +135,23 @@ class PostgresStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def load_groups(self, keys: Sequence[str]) -> dict[str, GroupState]:
+    async def load_groups(
+        self, keys: Sequence[str], fingerprints: Mapping[str, Collection[str]] | None = None
+    ) -> dict[str, GroupState]:
         out = {k: GroupState(k) for k in keys}
+        wanted = [(k, fp) for k in keys for fp in (fingerprints or {}).get(k, ())]
         async with self._connection() as conn:
             rows = await conn.fetch(
-                "SELECT g.key, g.version, g.marks, i.doc FROM incident_groups g"
+                "SELECT g.key, g.version, i.doc FROM incident_groups g"
                 " LEFT JOIN incidents i ON i.id = g.incident_id WHERE g.key = ANY($1::text[])",
-                list(out),
+                [pg(k) for k in out],
             )
-        for key, version, marks, doc in rows:
-            incident = Incident.model_validate_json(doc) if doc is not None else None
-            out[key] = GroupState(key, version, incident, _marks(marks))
+            for stored_key, version, doc in rows:
+                key = unpg(stored_key)
+                incident = Incident.model_validate_json(doc) if doc is not None else None
+                out[key] = GroupState(key, version, incident)
+            if wanted:
+                await _load_marks_and_alerts(conn, out, wanted)
         return out
 
     async def get_incident(self, incident_id: str) -> Incident | None:
@@ -169,7 +169,7 @@ class PostgresStore:
             args.append(query.severity)
             where.append(f"severity = ${len(args)}")
         if query.since is not None:
-            args.append(_ms(query.since))
+            args.append(ms(query.since))
             where.append(f"updated_ms >= ${len(args)}")
         args.append(query.limit)
         sql = (
@@ -181,6 +181,35 @@ class PostgresStore:
             rows = await conn.fetch(sql, *args)
         return [Incident.model_validate_json(r[0]) for r in rows]
 
+    async def list_alerts(
+        self,
+        incident_id: str,
+        *,
+        status: AlertStatus | None = None,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> list[IncidentAlert]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT doc FROM incident_alerts WHERE incident_id = $1 AND fingerprint > $2"
+                " AND ($3::text IS NULL OR status = $3) ORDER BY fingerprint LIMIT $4",
+                incident_id,
+                pg(after or ""),
+                status,
+                limit,
+            )
+        return [IncidentAlert.model_validate_json(r[0]) for r in rows]
+
+    async def due_graces(self, now: datetime, grace: timedelta, limit: int = 500) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                "SELECT key FROM incidents WHERE resolving_ms IS NOT NULL AND resolving_ms <= $1"
+                " AND status = 'open' ORDER BY resolving_ms LIMIT $2",
+                ms(now - grace),
+                limit,
+            )
+        return [unpg(r[0]) for r in rows]
+
     async def timeline(self, incident_id: str) -> list[Envelope]:
         async with self._connection() as conn:
             rows = await conn.fetch(
@@ -188,6 +217,16 @@ class PostgresStore:
                 incident_id,
             )
         return [Envelope.model_validate_json(r[0]) for r in rows]
+
+    async def caused(self, incident_id: str, cause_id: str) -> bool:
+        async with self._connection() as conn:
+            found = await conn.fetchval(
+                "SELECT 1 FROM incident_events WHERE incident_id = $1"
+                " AND envelope->'data'->>'cause' = $2 LIMIT 1",
+                incident_id,
+                cause_id,
+            )
+        return found is not None
 
     async def unrelayed(self, limit: int = 500) -> list[StoredEvent]:
         async with self._connection() as conn:
@@ -209,8 +248,8 @@ class PostgresStore:
         outbox: Sequence[OutboxEvent],
     ) -> None:
         async with self._connection() as conn, conn.transaction():
-            await _write_groups(conn, groups)
-            await _write_incidents(conn, incidents)
+            await write_groups(conn, groups)
+            await write_incidents(conn, incidents)
             if outbox:
                 await conn.execute(
                     "INSERT INTO incident_events (incident_id, topic, event_id, envelope)"
@@ -234,148 +273,83 @@ class PostgresStore:
                 list(seqs),
             )
 
+    async def relay(
+        self, publish: Callable[[Sequence[StoredEvent]], Awaitable[None]], *, limit: int = 500
+    ) -> int | None:
+        """Publish up to ``limit`` unrelayed events in order and mark them; None if another
+        relayer holds the relay.
+
+        One relayer at a time, under a transaction-scoped advisory lock, so replicas never
+        publish the same rows and an incident's events reach the log in version order. A
+        relayer that dies mid-way loses its connection, and with it the lock and the marks.
+        """
+        async with self._connection() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
+                return None
+            rows = await conn.fetch(
+                "SELECT seq, topic, envelope FROM incident_events WHERE NOT relayed"
+                " ORDER BY seq LIMIT $1",
+                limit,
+            )
+            if not rows:
+                return 0
+            pending = [StoredEvent(q, t, Envelope.model_validate_json(e)) for q, t, e in rows]
+            await publish(pending)
+            await conn.execute(
+                "UPDATE incident_events SET relayed = true WHERE seq = ANY($1::bigint[])",
+                [p.seq for p in pending],
+            )
+            return len(pending)
+
     async def reset(self) -> None:
         async with self._connection() as conn:
-            await conn.execute("TRUNCATE incident_groups, incidents, incident_events")
+            await conn.execute(
+                "TRUNCATE incident_groups, group_marks, incidents, incident_alerts, incident_events"
+            )
 
     async def restore(self, events: Sequence[tuple[str, Envelope]]) -> None:
-        rows = []
-        for topic, envelope in events:
-            inc = IncidentEventData.model_validate(envelope.data).incident
-            marks = {
-                a.fingerprint: AlertMark(a.starts_at.isoformat() if a.starts_at else "-", a.status)
-                for a in inc.alerts
-            }
-            rows.append(
-                (
-                    inc.id,
-                    inc.key,
-                    inc.status,
-                    inc.severity,
-                    _ms(inc.opened_at),
-                    _ms(inc.updated_at),
-                    inc.version,
-                    inc.model_dump_json(),
-                    _marks_json(marks),
+        if not events:
+            return
+        async with self._connection() as conn, conn.transaction():
+            # One event after another, in log order: each sees what the earlier ones wrote.
+            for topic, envelope in events:
+                data = IncidentEventData.model_validate(envelope.data)
+                await restore_event(conn, data)
+                await conn.execute(
+                    "INSERT INTO incident_events (incident_id, topic, event_id, envelope, relayed)"
+                    " VALUES ($1, $2, $3, $4, true) ON CONFLICT (event_id) DO NOTHING",
+                    data.incident.id,
                     topic,
                     envelope.id,
                     envelope.model_dump_json(),
                 )
-            )
-        if not rows:
-            return
-        async with self._connection() as conn, conn.transaction():
-            # One statement per event, in log order: each sees what the earlier ones wrote.
-            await conn.executemany(_RESTORE, rows)
 
 
-# Restore one event: the incident (only if newer), the group, and the event as relayed.
-# A late event about an older incident of the key (say, a severity set by hand after the
-# group moved on) must not make that incident the group's current one again. The group's
-# subquery reads the statement's snapshot, which is right: it asks about the group's current
-# incident, and the only incident this statement changes is $1 (covered by the first test).
-_RESTORE = """
-WITH incident AS (
-    INSERT INTO incidents (id, key, status, severity, opened_ms, updated_ms, version, doc)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-    ON CONFLICT (id) DO UPDATE SET status = excluded.status, severity = excluded.severity,
-        updated_ms = excluded.updated_ms, version = excluded.version, doc = excluded.doc
-    WHERE excluded.version > incidents.version
-    RETURNING 1
-), grp AS (
-    INSERT INTO incident_groups (key, version, incident_id, marks) VALUES ($2, 1, $1, $9)
-    ON CONFLICT (key) DO UPDATE SET version = incident_groups.version + 1,
-        incident_id = excluded.incident_id, marks = excluded.marks
-    WHERE incident_groups.incident_id = excluded.incident_id OR $5 >= COALESCE(
-        (SELECT opened_ms FROM incidents i WHERE i.id = incident_groups.incident_id), 0)
-    RETURNING 1
-)
-INSERT INTO incident_events (incident_id, topic, event_id, envelope, relayed)
-VALUES ($1, $10, $11, $12, true) ON CONFLICT (event_id) DO NOTHING
-"""
-
-
-async def _lock_rows(conn: asyncpg.Connection, table: str, column: str, ids: list[str]) -> None:
-    """Lock rows in key order before updating them in bulk.
-
-    An UPDATE ... FROM unnest() visits rows in whatever order its plan picks; two replicas
-    writing overlapping sets could then deadlock. Locking in one global order first avoids it.
-    """
-    await conn.execute(
-        f"SELECT 1 FROM {table} WHERE {column} = ANY($1::text[])"  # noqa: S608 - fixed names
-        f" ORDER BY {column} FOR UPDATE",
-        ids,
+async def _load_marks_and_alerts(
+    conn: asyncpg.Connection, groups: dict[str, GroupState], wanted: list[tuple[str, str]]
+) -> None:
+    keys = [pg(k) for k, _ in wanted]
+    fps = [pg(fp) for _, fp in wanted]
+    marks = await conn.fetch(
+        "SELECT m.key, m.fingerprint, m.starts_at, m.status, m.at, m.event_id FROM group_marks m"
+        " JOIN unnest($1::text[], $2::text[]) AS u(key, fp)"
+        " ON m.key = u.key AND m.fingerprint = u.fp",
+        keys,
+        fps,
     )
-
-
-async def _write_groups(conn: asyncpg.Connection, groups: Sequence[GroupState]) -> None:
-    new = sorted((g for g in groups if g.version == 0), key=lambda g: g.key)
-    old = sorted((g for g in groups if g.version != 0), key=lambda g: g.key)
-    if new:
-        status = await conn.execute(
-            "INSERT INTO incident_groups (key, version, incident_id, marks)"
-            " SELECT u.key, 1, u.incident_id, u.marks"
-            " FROM unnest($1::text[], $2::text[], $3::json[]) AS u(key, incident_id, marks)"
-            " ORDER BY u.key ON CONFLICT (key) DO NOTHING",
-            [g.key for g in new],
-            [g.incident.id if g.incident else None for g in new],
-            [_marks_json(g.marks) for g in new],
-        )
-        if _count(status) != len(new):
-            raise StoreConflict("a group created here was created by someone else first")
-    if old:
-        await _lock_rows(conn, "incident_groups", "key", [g.key for g in old])
-        status = await conn.execute(
-            "UPDATE incident_groups g SET version = g.version + 1,"
-            " incident_id = u.incident_id, marks = u.marks"
-            " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::json[])"
-            " AS u(key, version, incident_id, marks)"
-            " WHERE g.key = u.key AND g.version = u.version",
-            [g.key for g in old],
-            [g.version for g in old],
-            [g.incident.id if g.incident else None for g in old],
-            [_marks_json(g.marks) for g in old],
-        )
-        if _count(status) != len(old):
-            raise StoreConflict("a group changed since it was loaded")
-
-
-async def _write_incidents(conn: asyncpg.Connection, writes: Sequence[IncidentWrite]) -> None:
-    new = sorted((w.incident for w in writes if w.expected_version == 0), key=lambda i: i.id)
-    old = sorted((w for w in writes if w.expected_version != 0), key=lambda w: w.incident.id)
-    if new:
-        status = await conn.execute(
-            "INSERT INTO incidents (id, key, status, severity, opened_ms, updated_ms, version, doc)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-            " $5::bigint[], $6::bigint[], $7::bigint[], $8::json[])"
-            " ORDER BY 1 ON CONFLICT (id) DO NOTHING",
-            [i.id for i in new],
-            [i.key for i in new],
-            [i.status for i in new],
-            [i.severity for i in new],
-            [_ms(i.opened_at) for i in new],
-            [_ms(i.updated_at) for i in new],
-            [i.version for i in new],
-            [i.model_dump_json() for i in new],
-        )
-        if _count(status) != len(new):
-            raise StoreConflict("an incident created here exists already")
-    if old:
-        incs = [w.incident for w in old]
-        await _lock_rows(conn, "incidents", "id", [i.id for i in incs])
-        status = await conn.execute(
-            "UPDATE incidents i SET status = u.status, severity = u.severity,"
-            " updated_ms = u.updated_ms, version = u.version, doc = u.doc"
-            " FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],"
-            " $6::bigint[], $7::json[]) AS u(id, expected, status, severity, updated_ms,"
-            " version, doc) WHERE i.id = u.id AND i.version = u.expected",
-            [i.id for i in incs],
-            [w.expected_version for w in old],
-            [i.status for i in incs],
-            [i.severity for i in incs],
-            [_ms(i.updated_at) for i in incs],
-            [i.version for i in incs],
-            [i.model_dump_json() for i in incs],
-        )
-        if _count(status) != len(old):
-            raise StoreConflict("an incident changed since it was loaded")
+    for key, fp, starts, status, at, event in marks:
+        groups[unpg(key)].marks[unpg(fp)] = AlertMark(unpg(starts), status, unpg(at), event)
+    current = {k: g.incident.id for k, g in groups.items() if g.incident is not None}
+    pairs = [(current[k], fp) for k, fp in wanted if k in current]
+    if not pairs:
+        return
+    by_incident = {iid: k for k, iid in current.items()}
+    alerts = await conn.fetch(
+        "SELECT a.incident_id, a.fingerprint, a.doc FROM incident_alerts a"
+        " JOIN unnest($1::text[], $2::text[]) AS u(iid, fp)"
+        " ON a.incident_id = u.iid AND a.fingerprint = u.fp",
+        [iid for iid, _ in pairs],
+        [pg(fp) for _, fp in pairs],
+    )
+    for iid, fp, doc in alerts:
+        groups[by_incident[iid]].alerts[unpg(fp)] = IncidentAlert.model_validate_json(doc)

@@ -13,10 +13,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from classifier.outbox import relay_outbox
 from classifier.policy import Policy, default_policy
 from classifier.stage import ClassifierMetrics, ClassifierStage
 from eventlog import EmbeddedLog, Record, Subscription
+from runtime.relay import relay_outbox
 from schemas import (
     TOPIC_ALERTS,
     TOPIC_INCIDENTS,
@@ -26,9 +26,9 @@ from schemas import (
     event_type_for,
     normalise,
 )
-from schemas.incidents import Incident, IncidentEventData
+from schemas.incidents import Incident, IncidentAlert, IncidentEventData
 from store import EmbeddedStore
-from store.base import IncidentQuery
+from store.base import IncidentQuery, IncidentStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 INGEST_SOURCE = "/sevpipe/ingest"
@@ -150,11 +150,26 @@ async def all_incidents(store: EmbeddedStore) -> list[Incident]:
     return await store.list_incidents(IncidentQuery(limit=1000))
 
 
-async def snapshot(store: EmbeddedStore) -> dict[str, tuple[Incident, list[str]]]:
-    """Every incident with the ids of its timeline, by id."""
+async def alerts_of(store: IncidentStore, incident_id: str) -> list[IncidentAlert]:
+    """Every alert of an incident, by fingerprint (paged through as the API does)."""
+    out: list[IncidentAlert] = []
+    while True:
+        page = await store.list_alerts(
+            incident_id, limit=500, after=out[-1].fingerprint if out else None
+        )
+        out += page
+        if len(page) < 500:
+            return out
+
+
+async def snapshot(
+    store: EmbeddedStore,
+) -> dict[str, tuple[Incident, list[str], list[IncidentAlert]]]:
+    """Every incident with the ids of its timeline and its alerts, by id."""
     out = {}
     for inc in await all_incidents(store):
-        out[inc.id] = (inc, [e.id for e in await store.timeline(inc.id)])
+        timeline = [e.id for e in await store.timeline(inc.id)]
+        out[inc.id] = (inc, timeline, await alerts_of(store, inc.id))
     return out
 
 

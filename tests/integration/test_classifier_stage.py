@@ -18,6 +18,7 @@ from incident_support import (
     T0,
     Backends,
     alert_json,
+    alerts_of,
     all_incidents,
     append_webhook,
     by_key,
@@ -33,10 +34,10 @@ from incident_support import (
 
 from classifier.backtest import backtest
 from classifier.lifecycle import AlertInput, Change, set_severity
-from classifier.outbox import relay_outbox
 from classifier.policy import default_policy, load_policy
 from classifier.rebuild import rebuild_store
-from classifier.stage import CONSUMER_GROUP, decide, incident_key
+from classifier.stage import CONSUMER_GROUP, decide, fingerprints
+from runtime.relay import relay_outbox
 from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData, Envelope
 from schemas.incidents import Incident
 from store import EmbeddedStore, GroupState, IncidentWrite, OutboxEvent
@@ -79,7 +80,8 @@ async def test_alerts_open_escalate_and_resolve_an_incident_in_store_and_log(
         [inc] = await all_incidents(b.store)
         assert inc.key == GK_CHECKOUT
         assert (inc.status, inc.severity) == ("open", "SEV-1")  # critical -> SEV-1
-        assert [a.fingerprint for a in inc.alerts] == ["fa", "fb"]
+        assert [a.fingerprint for a in await alerts_of(b.store, inc.id)] == ["fa", "fb"]
+        assert (inc.counts.alerts, inc.counts.firing) == (2, 2)
         assert inc.title == "HighErrorRate: HighErrorRate fa"
 
         await append_webhook(
@@ -95,24 +97,29 @@ async def test_alerts_open_escalate_and_resolve_an_incident_in_store_and_log(
         )
         await drain(stage, sub)
 
+        # One event per batch and incident: the two alerts of the first webhook open it
+        # together, and the three resolves of the last one are one resolve.
         events = await incident_events(b.log)
         assert [e.type for e in events] == [
             "incident.opened",
-            "incident.updated",
             "incident.escalated",
-            "incident.updated",
-            "incident.updated",
             "incident.resolved",
         ]
         assert {e.subject for e in events} == {inc.id}
         assert events[0].data["cause"] == first[0].id
-        assert [event_incident(e).version for e in events] == [1, 2, 3, 4, 5, 6]
-        assert event_incident(events[2]).severity == "SEV-0"
-        assert "impact outage" in " ".join(event_incident(events[2]).reasons)
+        assert [event_incident(e).version for e in events] == [1, 2, 3]
+        assert [[a["fingerprint"] for a in e.data["alerts"]] for e in events] == [
+            ["fa", "fb"],
+            ["fc"],
+            ["fa", "fb", "fc"],
+        ]
+        assert event_incident(events[1]).severity == "SEV-0"
+        assert "impact outage" in " ".join(event_incident(events[1]).reasons)
 
         [final] = await all_incidents(b.store)
         assert final == event_incident(events[-1])
         assert (final.status, final.severity) == ("resolved", "SEV-0")
+        assert final.counts.model_dump() == {"alerts": 3, "firing": 0, "resolved": 3}
         assert await b.store.timeline(inc.id) == events
         assert await b.store.unrelayed() == []
 
@@ -133,8 +140,9 @@ async def test_policy_group_by_labels_joins_group_keys_into_one_incident(
 
         keyed = by_key(await all_incidents(b.store))
         assert set(keyed) == {'{service="checkout"}', '{service="search"}'}
-        assert [a.fingerprint for a in keyed['{service="checkout"}'][0].alerts] == ["f1", "f2"]
-        assert [a.fingerprint for a in keyed['{service="search"}'][0].alerts] == ["f3"]
+        checkout, search = keyed['{service="checkout"}'][0], keyed['{service="search"}'][0]
+        assert [a.fingerprint for a in await alerts_of(b.store, checkout.id)] == ["f1", "f2"]
+        assert [a.fingerprint for a in await alerts_of(b.store, search.id)] == ["f3"]
 
 
 async def test_a_malformed_alert_event_is_skipped_by_the_stage_and_the_backtest(
@@ -260,9 +268,8 @@ async def test_a_crash_around_the_relay_neither_loses_nor_repeats_events(
             for r in alerts
         ]
         policy = default_policy()
-        groups = await b.store.load_groups(
-            list(dict.fromkeys(incident_key(i.data, policy) for i in inputs))
-        )
+        wanted = fingerprints(inputs, policy)
+        groups = await b.store.load_groups(list(wanted), wanted)
         decided = decide(inputs, groups, policy)
         await b.store.save(decided.groups, decided.incidents, decided.outbox)
         if crash == "after_relay":  # appended, but not yet marked relayed
@@ -320,9 +327,9 @@ async def test_two_replicas_on_the_same_batch_make_each_incident_once(tmp_path: 
         keyed = by_key(await all_incidents(b.store))
         assert len(keyed) == 6
         assert all(len(v) == 1 for v in keyed.values())
-        assert all(len(v[0].alerts) == 2 and v[0].severity == "SEV-0" for v in keyed.values())
+        assert all(v[0].counts.alerts == 2 and v[0].severity == "SEV-0" for v in keyed.values())
         events = await incident_events(b.log)
-        assert len(events) == 12  # opened + escalated per group
+        assert len(events) == 6  # one opened per group, at the severity of both alerts
         _assert_no_duplicates(events)
 
 
@@ -422,7 +429,7 @@ async def test_rebuild_reproduces_the_same_incidents_and_timelines(tmp_path: Pat
         after = await b.store.get_incident(current.id)
         assert after is not None
         assert after.version == current.version + 1
-        assert [a.fingerprint for a in after.alerts] == ["c1", "c2", "c3"]
+        assert [a.fingerprint for a in await alerts_of(b.store, after.id)] == ["c1", "c2", "c3"]
         assert len(await all_incidents(b.store)) == 3
 
 

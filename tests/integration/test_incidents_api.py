@@ -114,7 +114,7 @@ async def open_api(data_dir: Path, creds: Credentials | None = None) -> AsyncIte
     async with EmbeddedLog(data_dir / "events.db") as log, store:
         registry = CollectorRegistry()
         receiver = Receiver(ReceiverConfig(credentials=creds), log, ReceiverMetrics(registry))
-        api = IncidentsApi(store, log, authorizer(creds))
+        api = IncidentsApi(store, authorizer(creds))
         app = build_app([*receiver.routes(), *api.routes()], log, registry, 1024 * 1024)
         client = TestClient(TestServer(app))
         await client.start_server()

@@ -18,9 +18,11 @@ import pytest
 from services import Services, unique_name
 
 from schemas import TOPIC_INCIDENTS, Envelope, new_event_id
+from schemas.alertmanager import AlertStatus
 from schemas.incidents import (
     Incident,
     IncidentAlert,
+    IncidentCounts,
     IncidentEventData,
     IncidentEventType,
     IncidentStatus,
@@ -101,15 +103,10 @@ def incident(
         status=status,
         title=f"incident {incident_id}",
         reasons=(f"deserves {severity}",),
-        alerts=tuple(
-            IncidentAlert(
-                fingerprint=fp,
-                alertname="HighErrorRate",
-                status="resolved" if status == "resolved" else "firing",
-                starts_at=T0,
-                severity=severity,
-            )
-            for fp in fingerprints
+        counts=IncidentCounts(
+            alerts=len(fingerprints),
+            firing=0 if status == "resolved" else len(fingerprints),
+            resolved=len(fingerprints) if status == "resolved" else 0,
         ),
         opened_at=T0 - timedelta(hours=1),
         updated_at=updated,
@@ -118,8 +115,18 @@ def incident(
     )
 
 
-def event(inc: Incident, type_: IncidentEventType = "incident.updated") -> Envelope:
-    data = IncidentEventData(incident=inc, change=f"{type_} v{inc.version}")
+def alert(fp: str, status: AlertStatus = "firing", severity: Severity = "SEV-2") -> IncidentAlert:
+    return IncidentAlert(
+        fingerprint=fp, alertname="HighErrorRate", status=status, starts_at=T0, severity=severity
+    )
+
+
+def event(
+    inc: Incident,
+    type_: IncidentEventType = "incident.updated",
+    alerts: tuple[IncidentAlert, ...] = (),
+) -> Envelope:
+    data = IncidentEventData(incident=inc, change=f"{type_} v{inc.version}", alerts=alerts)
     return Envelope(
         id=new_event_id(),
         type=type_,
@@ -130,6 +137,21 @@ def event(inc: Incident, type_: IncidentEventType = "incident.updated") -> Envel
     )
 
 
+def with_marks(group: GroupState, marks: dict[str, AlertMark]) -> GroupState:
+    """``group`` with ``marks`` decided (to be written by the next save)."""
+    group.marks.update(marks)
+    group.changed_marks.update(marks)
+    return group
+
+
+FPS = ("a", "b", "c", "x", "z", "f\x00")
+
+
+async def load(store: IncidentStore, key: str = KEY) -> GroupState:
+    """The group as a batch that names every fingerprint these tests use loads it."""
+    return (await store.load_groups([key], {key: FPS}))[key]
+
+
 def outbox(*envelopes: Envelope) -> list[OutboxEvent]:
     return [OutboxEvent(TOPIC_INCIDENTS, e.subject, e) for e in envelopes]
 
@@ -138,7 +160,7 @@ async def open_first(store: IncidentStore) -> tuple[Incident, Envelope]:
     """Group KEY with incident inc-1 (version 1) and its opening event, saved."""
     inc = incident()
     opened = event(inc, "incident.opened")
-    group = GroupState(KEY, 0, inc, {"a": AlertMark(T0.isoformat(), "firing")})
+    group = with_marks(GroupState(KEY, 0, inc), {"a": AlertMark(T0.isoformat(), "firing")})
     await store.save([group], [IncidentWrite(inc, 0)], outbox(opened))
     return inc, opened
 
@@ -151,10 +173,12 @@ async def test_save_then_load_gives_back_groups_incidents_and_timeline(
 ) -> None:
     inc, opened = await open_first(store)
 
-    groups = await store.load_groups([KEY, "never-seen"])
+    groups = await store.load_groups([KEY, "never-seen"], {KEY: ["a", "b"]})
     assert groups[KEY].version == 1
     assert groups[KEY].incident == inc
     assert groups[KEY].marks == {"a": AlertMark(T0.isoformat(), "firing")}
+    # Only the fingerprints asked for are loaded: a batch never pays for the whole group.
+    assert (await store.load_groups([KEY], {KEY: ["b"]}))[KEY].marks == {}
     assert groups["never-seen"] == GroupState("never-seen")
     assert await store.get_incident(inc.id) == inc
     assert await store.get_incident("inc-unknown") is None
@@ -173,27 +197,29 @@ async def test_incident_json_round_trips_exactly(store: IncidentStore) -> None:
     inc = incident("inc-odd").model_copy(
         update={
             "title": odd,
-            "alerts": (
-                IncidentAlert(
-                    fingerprint="f\x00",
-                    status="firing",
-                    starts_at=T0 + timedelta(microseconds=123457),
-                    severity="SEV-1",
-                    labels={"k\x00": odd, "empty": ""},
-                ),
-            ),
             "updated_at": datetime(2026, 3, 1, 12, 0, 0, 999999, tzinfo=UTC),
         }
     )
     opened = event(inc, "incident.opened")
-    marks = {"f\x00": AlertMark(odd, "firing")}
-    await store.save([GroupState(inc.key, 0, inc, marks)], [IncidentWrite(inc, 0)], outbox(opened))
+    marks = {"f\x00": AlertMark(odd, "firing", odd)}
+    odd_alert = IncidentAlert(
+        fingerprint="f\x00",
+        status="firing",
+        starts_at=T0 + timedelta(microseconds=123457),
+        severity="SEV-1",
+        labels={"k\x00": odd, "empty": ""},
+    )
+    group = with_marks(GroupState(inc.key, 0, inc), marks)
+    group.changed_alerts[(inc.id, "f\x00")] = odd_alert
+    await store.save([group], [IncidentWrite(inc, 0)], outbox(opened))
 
     got = await store.get_incident(inc.id)
     assert got is not None
     assert got.model_dump_json() == inc.model_dump_json()
-    group = (await store.load_groups([inc.key]))[inc.key]
+    group = await load(store, inc.key)
     assert group.marks == marks
+    assert group.alerts == {"f\x00": odd_alert}
+    assert await store.list_alerts(inc.id) == [odd_alert]
     (stored,) = await store.timeline(inc.id)
     assert stored.model_dump_json() == opened.model_dump_json()
 
@@ -202,13 +228,13 @@ async def test_every_save_bumps_the_group_version_and_keeps_incident_versions(
     store: IncidentStore,
 ) -> None:
     inc, _ = await open_first(store)
-    group = (await store.load_groups([KEY]))[KEY]
+    group = await load(store)
     v2 = inc.model_copy(update={"version": 2, "severity": "SEV-0"})
     group.incident = v2
-    group.marks["b"] = AlertMark(T0.isoformat(), "firing")
+    with_marks(group, {"b": AlertMark(T0.isoformat(), "firing")})
     await store.save([group], [IncidentWrite(v2, 1)], outbox(event(v2)))
 
-    again = (await store.load_groups([KEY]))[KEY]
+    again = await load(store)
     assert again.version == 2
     assert again.incident == v2
     assert set(again.marks) == {"a", "b"}
@@ -217,8 +243,8 @@ async def test_every_save_bumps_the_group_version_and_keeps_incident_versions(
 
 async def test_a_group_without_an_incident_keeps_its_marks(store: IncidentStore) -> None:
     marks = {"x": AlertMark("-", "resolved")}
-    await store.save([GroupState("quiet", 0, None, marks)], [], [])
-    assert (await store.load_groups(["quiet"]))["quiet"] == GroupState("quiet", 1, None, marks)
+    await store.save([with_marks(GroupState("quiet", 0, None), marks)], [], [])
+    assert await load(store, "quiet") == GroupState("quiet", 1, None, marks)
 
 
 # -- optimistic versions ----------------------------------------------------------------------
@@ -228,21 +254,21 @@ async def test_two_writers_of_one_group_the_second_conflicts_and_writes_nothing(
     store: IncidentStore,
 ) -> None:
     inc, opened = await open_first(store)
-    first, second = (await store.load_groups([KEY]))[KEY], (await store.load_groups([KEY]))[KEY]
+    first, second = await load(store), await load(store)
 
     mine = inc.model_copy(update={"version": 2, "severity": "SEV-1"})
     first.incident = mine
-    first.marks["b"] = AlertMark(T0.isoformat(), "firing")
+    with_marks(first, {"b": AlertMark(T0.isoformat(), "firing")})
     mine_event = event(mine)
     await store.save([first], [IncidentWrite(mine, 1)], outbox(mine_event))
 
     theirs = inc.model_copy(update={"version": 2, "severity": "SEV-0"})
     second.incident = theirs
-    second.marks["c"] = AlertMark(T0.isoformat(), "firing")
+    with_marks(second, {"c": AlertMark(T0.isoformat(), "firing")})
     with pytest.raises(StoreConflict):
         await store.save([second], [IncidentWrite(theirs, 1)], outbox(event(theirs)))
 
-    group = (await store.load_groups([KEY]))[KEY]
+    group = await load(store)
     assert group.version == 2
     assert group.incident == mine
     assert set(group.marks) == {"a", "b"}
@@ -260,13 +286,13 @@ async def test_a_stale_incident_conflicts_and_rolls_back_its_group(store: Incide
 
     stale = inc.model_copy(update={"version": 2, "severity": "SEV-0"})
     group.incident = stale
-    group.marks["z"] = AlertMark(T0.isoformat(), "firing")
+    with_marks(group, {"z": AlertMark(T0.isoformat(), "firing")})
     with pytest.raises(StoreConflict):
         await store.save([group], [IncidentWrite(stale, 1)], outbox(event(stale)))
 
     assert await store.get_incident(inc.id) == by_hand
-    assert (await store.load_groups([KEY]))[KEY].version == 1
-    assert "z" not in (await store.load_groups([KEY]))[KEY].marks
+    assert (await load(store)).version == 1
+    assert "z" not in (await load(store)).marks
     assert len(await store.timeline(inc.id)) == 2
 
 
@@ -455,7 +481,11 @@ async def test_restore_rebuilds_incidents_groups_and_timelines_as_relayed(
     v3 = incident(
         fingerprints=("a", "b"), version=3, status="resolved", updated=T0 + timedelta(minutes=2)
     )
-    events = [event(v1, "incident.opened"), event(v2), event(v3, "incident.resolved")]
+    events = [
+        event(v1, "incident.opened", (alert("a"),)),
+        event(v2, alerts=(alert("b"),)),
+        event(v3, "incident.resolved", (alert("a", "resolved"), alert("b", "resolved"))),
+    ]
 
     await store.restore([(TOPIC_INCIDENTS, e) for e in events])
 
@@ -463,8 +493,10 @@ async def test_restore_rebuilds_incidents_groups_and_timelines_as_relayed(
     assert await store.timeline(v1.id) == events
     assert await store.unrelayed() == []
     assert await store.list_incidents(IncidentQuery(status="resolved")) == [v3]
-    group = (await store.load_groups([KEY]))[KEY]
+    assert await store.list_alerts(v1.id) == [alert("a", "resolved"), alert("b", "resolved")]
+    group = await load(store)
     assert group.incident == v3
+    assert group.alerts == {"a": alert("a", "resolved"), "b": alert("b", "resolved")}
     assert group.marks == {
         "a": AlertMark(T0.isoformat(), "resolved"),
         "b": AlertMark(T0.isoformat(), "resolved"),
@@ -473,9 +505,10 @@ async def test_restore_rebuilds_incidents_groups_and_timelines_as_relayed(
     await store.restore([(TOPIC_INCIDENTS, e) for e in events])
     assert await store.get_incident(v1.id) == v3
     assert await store.timeline(v1.id) == events
-    # An older version read late does not go back in time.
+    # An older version read late does not go back in time, nor do its alerts.
     await store.restore([(TOPIC_INCIDENTS, events[0])])
     assert await store.get_incident(v1.id) == v3
+    assert (await load(store)).alerts["a"].status == "resolved"
     await store.restore([])
 
 

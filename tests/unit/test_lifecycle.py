@@ -17,9 +17,9 @@ from classifier.lifecycle import AlertInput, apply_alert, set_severity
 from classifier.policy import Policy
 from classifier.stage import decide, incident_key
 from schemas import AlertEventData, Envelope, GroupContext
-from schemas.incidents import Incident, IncidentEventData
+from schemas.incident_state import GroupState
+from schemas.incidents import Incident, IncidentAlert, IncidentCounts, IncidentEventData
 from schemas.severity import Classification, Severity
-from store.base import GroupState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 WINDOW = timedelta(hours=1)
@@ -97,6 +97,11 @@ def incident_of(group: GroupState) -> Incident:
     return group.incident
 
 
+def alerts_of(group: GroupState) -> list[IncidentAlert]:
+    """The current incident's alerts as the group holds them (all of them in these tests)."""
+    return list(group.alerts.values())
+
+
 def only(events: Sequence[Envelope]) -> Envelope:
     assert len(events) == 1, [e.type for e in events]
     return events[0]
@@ -121,7 +126,10 @@ def test_first_firing_opens_an_incident_with_its_alert_and_reasons() -> None:
     assert inc.opened_at == inc.updated_at == at
     assert inc.title == "AlertA: AlertA is bad"
     assert inc.reasons == ("AlertA: impact error_rate",)
-    assert [(a.fingerprint, a.status, a.severity) for a in inc.alerts] == [("a", "firing", "SEV-2")]
+    assert [(a.fingerprint, a.status, a.severity) for a in data.alerts] == [
+        ("a", "firing", "SEV-2")
+    ]
+    assert inc.counts == IncidentCounts(alerts=1, firing=1, resolved=0)
     assert data.cause == f"01JNQ{1:05d}" + "A" * 16
     assert data.previous_severity is None
     assert data.actor is None
@@ -136,7 +144,9 @@ def test_alerts_of_the_same_key_make_one_incident() -> None:
     assert env.type == "incident.updated"
     assert inc.id == opened.id
     assert inc.version == 2
-    assert [a.fingerprint for a in inc.alerts] == ["a", "b"]
+    assert [a.fingerprint for a in payload(env).alerts] == ["b"]  # only what changed
+    assert inc.counts == IncidentCounts(alerts=2, firing=2, resolved=0)
+    assert [a.fingerprint for a in alerts_of(g.state)] == ["a", "b"]
     assert g.incident == inc
 
 
@@ -171,12 +181,13 @@ def test_group_by_labels_joins_alerts_across_group_keys_and_splits_by_label() ->
     by_service = _decide(Policy(group_by=("service",)), items)
     incidents = {k: incident_of(g) for k, g in by_service.items()}
     assert set(incidents) == {'{service="checkout"}', '{service="search"}'}
-    assert [a.fingerprint for a in incidents['{service="checkout"}'].alerts] == ["a", "b"]
-    assert [a.fingerprint for a in incidents['{service="search"}'].alerts] == ["c"]
+    assert [a.fingerprint for a in alerts_of(by_service['{service="checkout"}'])] == ["a", "b"]
+    assert [a.fingerprint for a in alerts_of(by_service['{service="search"}'])] == ["c"]
+    assert incidents['{service="checkout"}'].counts.alerts == 2
     assert incidents['{service="checkout"}'].key == '{service="checkout"}'
 
     by_group_key = _decide(Policy(), items)
-    fps = {k: [a.fingerprint for a in incident_of(g).alerts] for k, g in by_group_key.items()}
+    fps = {k: [a.fingerprint for a in alerts_of(g)] for k, g in by_group_key.items()}
     assert fps == {"{}:{a}": ["a", "c"], "{}:{b}": ["b"]}
 
 
@@ -204,7 +215,8 @@ def test_a_refiring_alert_that_became_more_severe_escalates() -> None:
     env = only(g.feed(alert("a", labels={"user_impact_pct": "95"}), "SEV-0"))
     assert env.type == "incident.escalated"
     assert g.incident.severity == "SEV-0"
-    assert [a.severity for a in g.incident.alerts] == ["SEV-0"]
+    assert [a.severity for a in alerts_of(g.state)] == ["SEV-0"]
+    assert [a.severity for a in payload(env).alerts] == ["SEV-0"]
 
 
 def test_a_later_less_severe_alert_does_not_lower_the_severity() -> None:
@@ -235,7 +247,11 @@ def test_the_severe_alert_resolving_while_others_fire_keeps_the_severity() -> No
     inc = payload(env).incident
     assert env.type == "incident.updated"
     assert (inc.status, inc.severity) == ("open", "SEV-0")
-    assert {a.fingerprint: a.status for a in inc.alerts} == {"a": "firing", "b": "resolved"}
+    assert {a.fingerprint: a.status for a in alerts_of(g.state)} == {
+        "a": "firing",
+        "b": "resolved",
+    }
+    assert inc.counts == IncidentCounts(alerts=2, firing=1, resolved=1)
 
 
 # -- a person's decision --------------------------------------------------------------------
@@ -325,8 +341,11 @@ def test_incident_resolves_only_when_all_its_alerts_have_resolved() -> None:
     inc = payload(last).incident
     assert last.type == "incident.resolved"
     assert (inc.status, inc.resolved_at, inc.severity) == ("resolved", at, "SEV-2")
-    assert all(a.status == "resolved" for a in inc.alerts)
-    assert inc.alerts[1].ends_at == T0 + timedelta(minutes=5)
+    assert all(a.status == "resolved" for a in alerts_of(g.state))
+    assert [(a.fingerprint, a.ends_at) for a in payload(last).alerts] == [
+        ("b", T0 + timedelta(minutes=5))
+    ]
+    assert inc.counts == IncidentCounts(alerts=2, firing=0, resolved=2)
     assert inc.version == 4
 
 
@@ -361,7 +380,10 @@ def test_firing_again_inside_the_reopen_window_reopens_the_same_incident(
     assert inc.severity == "SEV-1"  # reopening does not lower what it had
     assert inc.version == resolved.version + 1
     assert inc.opened_at == resolved.opened_at
-    assert [(a.fingerprint, a.status, a.starts_at) for a in inc.alerts] == [("a", "firing", later)]
+    assert [(a.fingerprint, a.status, a.starts_at) for a in payload(env).alerts] == [
+        ("a", "firing", later)
+    ]
+    assert inc.counts == IncidentCounts(alerts=1, firing=1, resolved=0)
 
 
 def test_a_different_alert_inside_the_window_reopens_too() -> None:
@@ -371,7 +393,8 @@ def test_a_different_alert_inside_the_window_reopens_too() -> None:
     assert env.type == "incident.reopened"
     assert payload(env).incident.id == resolved.id
     assert payload(env).incident.severity == "SEV-0"
-    assert [a.fingerprint for a in payload(env).incident.alerts] == ["a", "b"]
+    assert [a.fingerprint for a in alerts_of(g.state)] == ["a", "b"]
+    assert payload(env).incident.counts == IncidentCounts(alerts=2, firing=1, resolved=1)
 
 
 def test_firing_again_outside_the_reopen_window_opens_a_new_incident() -> None:
@@ -385,7 +408,8 @@ def test_firing_again_outside_the_reopen_window_opens_a_new_incident() -> None:
     assert inc.id != resolved.id
     assert (inc.status, inc.severity, inc.version) == ("open", "SEV-3", 1)
     assert inc.opened_at == later
-    assert [a.fingerprint for a in inc.alerts] == ["a"]
+    assert [a.fingerprint for a in alerts_of(g.state)] == ["a"]
+    assert inc.counts == IncidentCounts(alerts=1, firing=1, resolved=0)
     assert g.incident.id == inc.id
 
 
@@ -431,7 +455,7 @@ def test_an_older_starts_at_after_a_newer_one_changes_nothing() -> None:
     assert g.feed(alert("a", starts=T0), "SEV-0") == []
     assert g.feed(alert("a", "resolved", starts=T0), "SEV-2") == []
     assert g.incident == before
-    assert g.incident.alerts[0].starts_at == newer
+    assert alerts_of(g.state)[0].starts_at == newer
 
 
 def test_a_resolve_of_an_older_occurrence_does_not_resolve_the_newer_one() -> None:

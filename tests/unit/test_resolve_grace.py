@@ -8,8 +8,8 @@ from typing import Literal
 
 from classifier.lifecycle import AlertInput, apply_alert, expire_grace
 from schemas import AlertEventData, GroupContext, new_event_id
+from schemas.incident_state import GroupState
 from schemas.severity import Classification
-from store.base import GroupState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GRACE = timedelta(minutes=5)
