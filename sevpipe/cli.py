@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sevpipe import deadletter_cli
 from sevpipe.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--since", help="from this time: 90m, 1h30m, 7d ago, or ISO 8601")
     backtest.add_argument("--until", help="up to this time (exclusive)")
     backtest.add_argument("--format", choices=("table", "json"), default="table")
+
+    deadletter_cli.add_parser(sub, _add_settings_args)
     return parser
 
 
@@ -204,6 +207,10 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return _runner()(main())
 
 
+def _cmd_deadletter(args: argparse.Namespace) -> int:
+    return _runner()(deadletter_cli.run(_settings(args), args, sys.stdout, sys.stderr))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_serve,
     "ingest": _cmd_serve,
@@ -215,6 +222,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check-config": _cmd_check_config,
     "rebuild": _cmd_rebuild,
     "backtest": _cmd_backtest,
+    "deadletter": _cmd_deadletter,
 }
 
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -402,10 +403,8 @@ class CommitNeverReturns:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def append(
-        self, topic: str, events: Sequence[Envelope], *, dedup_keys: Sequence[str] | None = None
-    ) -> AppendResult:
-        return await self.inner.append(topic, events, dedup_keys=dedup_keys)
+    async def append(self, topic: str, events: Sequence[Envelope], **dedup: Any) -> AppendResult:
+        return await self.inner.append(topic, events, **dedup)
 
     def subscribe(self, topics: Sequence[str], group: str) -> Subscription:
         return _HangingCommit(self.inner.subscribe(topics, group), self.reached)
