@@ -309,7 +309,7 @@ async def test_errors_are_stored_without_nul_and_bounded(ledger: EffectsLedger) 
 async def test_a_holder_killed_between_claim_and_complete(
     backend: LedgerBackend, ledger: EffectsLedger
 ) -> None:
-    holder = await Holder.start(backend, "restart-1", 3.0)
+    holder = await Holder.start(backend, "restart-1", 5.0)
     try:
         holder.go()
         held = await holder.read()
