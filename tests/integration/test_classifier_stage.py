@@ -204,10 +204,13 @@ async def _three_groups(b: Backends) -> None:
     )
     await append_webhook(b.log, webhook(GK_SEARCH, alert_json("s1", service="search")))
     await append_webhook(b.log, webhook(GK_SEARCH, alert_json("s1", "resolved", service="search")))
+    # A resolve delivered before its firing: the firing was sent before the resolve took
+    # effect (its endsAt, T0 + 5 min), so it is late, not the alert firing again.
+    early = T0 + timedelta(minutes=1)
     await append_webhook(
-        b.log, webhook("{}:{x}", alert_json("x1", "resolved", service="x"))
-    )  # a resolve before its firing
-    await append_webhook(b.log, webhook("{}:{x}", alert_json("x1", service="x")))
+        b.log, webhook("{}:{x}", alert_json("x1", "resolved", service="x")), at=early
+    )
+    await append_webhook(b.log, webhook("{}:{x}", alert_json("x1", service="x")), at=early)
 
 
 def _assert_no_duplicates(events: list[Envelope]) -> None:
@@ -277,7 +280,7 @@ async def test_a_crash_around_the_relay_neither_loses_nor_repeats_events(
             await b.log.append(TOPIC_INCIDENTS, envs, dedup_keys=[e.id for e in envs])
         decided_ids = [o.envelope.id for o in decided.outbox]
         before = await snapshot(b.store)
-    assert len(decided_ids) == 4
+    assert len(decided_ids) == 3  # checkout opened; search opened and resolved
 
     async with open_backends(tmp_path) as b:
         stage = new_stage(b.log, b.store)
@@ -286,7 +289,7 @@ async def test_a_crash_around_the_relay_neither_loses_nor_repeats_events(
         try:
 
             async def relayed_and_caught_up() -> bool:
-                if await b.store.unrelayed() or len(await incident_events(b.log)) < 4:
+                if await b.store.unrelayed() or len(await incident_events(b.log)) < 3:
                     return False
                 # The alerts were never committed: caught up once the stage has taken them
                 # again and committed (a fresh member of its group then gets nothing).
