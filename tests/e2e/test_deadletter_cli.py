@@ -1,13 +1,14 @@
-"""``sevpipe deadletter list|show|retry`` driven as a user does, on the embedded default.
+"""``sevpipe deadletter list|show|retry`` driven as a user does, on both backend sets.
 
 The dead letters are made for real: a stage runtime with a handler that refuses some
-records runs over the data dir's log (in this process), then the CLI reads and retries them.
-What changed is read back from the log's own file.
+records runs over the test's log (in this process), then the CLI reads and retries them.
+What changed is read back raw from the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,19 +18,22 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from eventlog import EmbeddedLog, Record
+from eventlog import EmbeddedLog, EventLog, KafkaLog, Record
+from eventlog.kafka import partition_index
 from runtime.stage import StageRuntime
 from schemas import Envelope, new_event_id
 from schemas.deadletter import TOPIC_DEADLETTER
 
+from .backends import Backend
 from .harness import TOPIC_ALERTS, sevpipe
 
 pytestmark = pytest.mark.e2e
 
 STAGE = "checker"
-GROUP = "sevpipe-checker"
+KEY = "group-1"
 
 
 class Checker:
@@ -57,82 +61,83 @@ def dead_letters(registry: CollectorRegistry) -> float:
     )
 
 
-async def run_stage(db: Path, handler: Checker, until: int) -> None:
-    """Run the stage over the log until ``until`` records were handled or dead-lettered."""
-    async with EmbeddedLog(db) as log:
-        registry = CollectorRegistry()
-        runtime = StageRuntime(log, handler, registry, group=GROUP, max_wait=0.1)
-        stop = asyncio.Event()
-        task = asyncio.create_task(runtime.run(stop))
-        async with asyncio.timeout(60):  # a hang guard
-            while True:  # polled: the stage has no event to wait on for this
-                if len(handler.handled) + dead_letters(registry) >= until:
-                    break
-                await asyncio.sleep(0.02)
-        stop.set()
-        await task
-
-
 def alert(n: int, *, poison: bool = False) -> Envelope:
     return Envelope(
         id=new_event_id(),
         type="alert.firing",
         source="/test",
         time=datetime.now(UTC),
-        subject="group-1",
+        subject=KEY,
         data={"n": n, "poison": poison},
     )
 
 
-def insert_naive(db: Path) -> str:
-    """A record a foreign producer wrote: its time has no UTC offset."""
-    event_id = new_event_id()
-    blob = orjson.dumps(
-        {
-            "id": event_id,
-            "type": "alert.firing",
-            "source": "/foreign",
-            "time": "2026-03-01T12:00:00",
-            "subject": "group-1",
-            "schemaversion": "1",
-            "data": {"n": 5},
-        }
-    )
-    conn = sqlite3.connect(db)
-    try:
-        conn.execute(
-            "INSERT INTO events (topic, key, id, type, time_ms, dedup_key, envelope)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (TOPIC_ALERTS, "group-1", event_id, "alert.firing", 0, None, blob),
-        )
-        conn.commit()
-    finally:
-        conn.close()
-    return event_id
+NAIVE_TIME = "2026-03-01T12:00:00"  # no UTC offset: whose local time?
 
 
 @dataclass(frozen=True)
 class Poisoned:
+    """A log with dead letters, on one backend set."""
+
+    backend: Backend
     data_dir: Path
     sent: list[Envelope]  # n = 0..4; 1 and 3 are refused
     naive_id: str
 
-    @property
-    def db(self) -> Path:
-        return self.data_dir / "events.db"
+    def open_log(self) -> EventLog:
+        if self.backend.embedded:
+            return EmbeddedLog(self.data_dir / "events.db")
+        env = self.backend.env
+        return KafkaLog(env["SEVPIPE_KAFKA_BOOTSTRAP"], topic_prefix=self.backend.topic_prefix)
 
     def cli(self, *args: str) -> Any:
-        return sevpipe("deadletter", *args, "--data-dir", str(self.data_dir))
+        return sevpipe("deadletter", *args, "--data-dir", str(self.data_dir), env=self.backend.env)
 
     def rows(self, topic: str) -> list[tuple[str, bytes]]:
-        """(id, envelope) of every row of ``topic``, straight from the log's file."""
-        conn = sqlite3.connect(self.db)
+        """(id, bytes) of every record of ``topic`` as stored, no dedup."""
+        return asyncio.run(self._rows(topic))
+
+    async def _rows(self, topic: str) -> list[tuple[str, bytes]]:
+        log = self.open_log()
+        await log.start()
         try:
-            return conn.execute(
-                "SELECT id, envelope FROM events WHERE topic = ? ORDER BY seq", (topic,)
-            ).fetchall()
+            return [(orjson.loads(r.raw)["id"], r.raw) async for r in log.read([topic])]
         finally:
-            conn.close()
+            await log.close()
+
+    def run_stage(self, handler: Checker, until: int) -> None:
+        asyncio.run(self._run_stage(handler, until))
+
+    async def _run_stage(self, handler: Checker, until: int) -> None:
+        """Run the stage until ``until`` records were handled or dead-lettered, then stop."""
+        log = self.open_log()
+        await log.start()
+        try:
+            registry = CollectorRegistry()
+            group = self.backend.topic_prefix + "sevpipe-checker"
+            runtime = StageRuntime(log, handler, registry, group=group, max_wait=0.1)
+            stop = asyncio.Event()
+            task = asyncio.create_task(runtime.run(stop))
+            async with asyncio.timeout(60):  # a hang guard
+                while True:  # polled: the stage has no event to wait on for this
+                    if len(handler.handled) + dead_letters(registry) >= until:
+                        break
+                    await asyncio.sleep(0.02)
+            stop.set()
+            await task
+        finally:
+            await log.close()
+
+    def append(self, events: list[Envelope]) -> None:
+        asyncio.run(self._append(events))
+
+    async def _append(self, events: list[Envelope]) -> None:
+        log = self.open_log()
+        await log.start()
+        try:
+            await log.append(TOPIC_ALERTS, events)
+        finally:
+            await log.close()
 
     def letters(self) -> list[dict[str, Any]]:
         done = self.cli("list", "--format", "json")
@@ -146,23 +151,61 @@ class Poisoned:
         return found
 
 
-async def _append(db: Path, events: list[Envelope]) -> None:
-    async with EmbeddedLog(db) as log:
-        await log.append(TOPIC_ALERTS, events)
+def append_naive(backend: Backend, data_dir: Path) -> str:
+    """A record as a foreign producer writes it, bypassing Envelope's checks; its id."""
+    attrs = {
+        "id": new_event_id(),
+        "type": "alert.firing",
+        "source": "/foreign",
+        "time": NAIVE_TIME,
+        "subject": KEY,
+        "schemaversion": "1",
+    }
+    data = b'{"n": 5}'
+    if backend.embedded:
+        blob = orjson.dumps(attrs)[:-1] + b',"data":' + data + b"}"
+        conn = sqlite3.connect(data_dir / "events.db")
+        try:
+            conn.execute(
+                "INSERT INTO events (topic, key, id, type, time_ms, dedup_key, envelope)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (TOPIC_ALERTS, KEY, attrs["id"], attrs["type"], 0, None, blob),
+            )
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        asyncio.run(_produce(backend, attrs, data))
+    return attrs["id"]
+
+
+async def _produce(backend: Backend, attrs: dict[str, str], data: bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=backend.env["SEVPIPE_KAFKA_BOOTSTRAP"])
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            backend.topic_prefix + TOPIC_ALERTS,
+            data,
+            key=KEY.encode(),
+            headers=[("ce_" + k, v.encode()) for k, v in attrs.items()],
+            partition=partition_index(KEY.encode(), 3),  # where KafkaLog puts this key
+        )
+    finally:
+        await producer.stop()
 
 
 @pytest.fixture
-def poisoned(tmp_path: Path) -> Poisoned:
+def poisoned(backend: Backend, tmp_path: Path) -> Poisoned:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    db = data_dir / "events.db"
     sent = [alert(n, poison=n in (1, 3)) for n in range(5)]
-    asyncio.run(_append(db, sent))
-    naive_id = insert_naive(db)
+    made = Poisoned(backend, data_dir, sent, naive_id="")
+    made.append(sent)
+    made = dataclasses.replace(made, naive_id=append_naive(backend, data_dir))  # after them
     handler = Checker()
-    asyncio.run(run_stage(db, handler, until=6))
+    made.run_stage(handler, until=6)
     assert handler.handled == [0, 2, 4]
-    return Poisoned(data_dir, sent, naive_id)
+    return made
 
 
 def test_list_shows_each_dead_letter_and_filters(poisoned: Poisoned) -> None:
@@ -214,7 +257,7 @@ def test_show_prints_the_original_record(poisoned: Poisoned) -> None:
 
     naive = orjson.loads(poisoned.cli("show", poisoned.letter_of(poisoned.naive_id)["id"]).stdout)
     assert naive["reason"] == "undecodable"
-    assert naive["record"]["time"] == "2026-03-01T12:00:00"
+    assert naive["record"]["time"] == NAIVE_TIME
 
     missing = poisoned.cli("show", "01NOTADEADLETTER0000000000")
     assert missing.returncode == 1
@@ -271,5 +314,5 @@ def test_retry_appends_the_original_again_once(poisoned: Poisoned) -> None:
 
     # Once the stage is fixed, it takes the retried records where it left off.
     fixed = Checker(fixed=True)
-    asyncio.run(run_stage(poisoned.db, fixed, until=2))
+    poisoned.run_stage(fixed, until=2)
     assert fixed.handled == [1, 3]
