@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 
 TOPIC_ALERTS = "sevpipe.alerts"
@@ -227,3 +228,43 @@ def group_webhook(
         "externalURL": "http://alertmanager:9093",
         "alerts": list(alerts),
     }
+
+
+async def _summaries(session: aiohttp.ClientSession, base_url: str) -> list[dict[str, Any]]:
+    async with session.get(f"{base_url}/api/v1/incidents?limit=1000") as resp:
+        assert resp.status == 200, await resp.text()
+        incidents: list[dict[str, Any]] = (await resp.json())["incidents"]
+    return incidents
+
+
+async def _alerts(session: aiohttp.ClientSession, base_url: str, incident_id: str) -> list[Any]:
+    alerts: list[Any] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        url = f"{base_url}/api/v1/incidents/{incident_id}/alerts?limit=1000"
+        async with session.get(url + (f"&cursor={cursor}" if cursor else "")) as resp:
+            assert resp.status == 200, await resp.text()
+            page = await resp.json()
+        alerts += page["alerts"]
+        cursor = page["alerts_next_cursor"]
+    return alerts
+
+
+async def incidents_with_alerts(
+    session: aiohttp.ClientSession, base_url: str
+) -> list[dict[str, Any]]:
+    """The incidents API's summaries, each with every one of its alerts paged in under
+    ``"alerts"`` through ``/api/v1/incidents/{id}/alerts`` (as a client would).
+
+    Summaries and pages are separate requests, so the classifier may move on in between: the
+    answer is a consistent snapshot only when the summaries read after the pages are the same.
+    """
+    incidents = await _summaries(session, base_url)
+    for _ in range(100):
+        for inc in incidents:
+            inc["alerts"] = await _alerts(session, base_url, inc["id"])
+        again = await _summaries(session, base_url)
+        if [(i["id"], i["version"]) for i in again] == [(i["id"], i["version"]) for i in incidents]:
+            return incidents
+        incidents = again
+    raise AssertionError("the incidents never held still long enough to be read")

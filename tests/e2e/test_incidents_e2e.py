@@ -20,7 +20,15 @@ import pytest
 from classifier.policy import default_policy, load_policy
 
 from .backends import Backend
-from .harness import FIXTURES, Launcher, Server, group_webhook, replay, sevpipe
+from .harness import (
+    FIXTURES,
+    Launcher,
+    Server,
+    group_webhook,
+    incidents_with_alerts,
+    replay,
+    sevpipe,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +51,7 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
 
 
 async def list_incidents(session: aiohttp.ClientSession, server: Server) -> list[dict[str, Any]]:
-    body = await get_json(session, f"{server.base_url}/api/v1/incidents?limit=1000")
-    out: list[dict[str, Any]] = body["incidents"]
-    return out
+    return await incidents_with_alerts(session, server.base_url)
 
 
 async def post(session: aiohttp.ClientSession, server: Server, body: bytes) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from services import unique_name
 
-from .harness import Launcher, Server, alert_events, group_webhook
+from .harness import Launcher, Server, alert_events, group_webhook, incidents_with_alerts
 from .outage import PrivateServices
 
 pytestmark = pytest.mark.e2e
@@ -170,11 +170,7 @@ async def outage(
 
 
 async def incidents(session: aiohttp.ClientSession, server: Server) -> list[dict[str, Any]]:
-    async with session.get(f"{server.base_url}/api/v1/incidents?limit=1000") as resp:
-        assert resp.status == 200, await resp.text()
-        body = await resp.json()
-    found: list[dict[str, Any]] = body["incidents"]
-    return found
+    return await incidents_with_alerts(session, server.base_url)
 
 
 async def test_kafka_outage_answers_503_then_recovers_by_itself_losing_and_doubling_nothing(

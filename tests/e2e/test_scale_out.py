@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from .backends import Backend, backend_named
-from .harness import TOPIC_ALERTS, Launcher, Server, group_webhook, replay
+from .harness import TOPIC_ALERTS, Launcher, Server, group_webhook, incidents_with_alerts, replay
 
 pytestmark = pytest.mark.e2e
 
@@ -183,11 +183,7 @@ async def kill_when_busy(
 
 
 async def list_incidents(session: aiohttp.ClientSession, server: Server) -> list[dict[str, Any]]:
-    async with session.get(f"{server.base_url}/api/v1/incidents?limit=1000") as resp:
-        assert resp.status == 200, await resp.text()
-        body = await resp.json()
-    out: list[dict[str, Any]] = body["incidents"]
-    return out
+    return await incidents_with_alerts(session, server.base_url)
 
 
 def alerts_by_key(incidents: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
