@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -19,8 +18,6 @@ from schemas.deadletter import (
     safe_text,
 )
 from schemas.envelope import Envelope
-
-log = logging.getLogger(__name__)
 
 
 def reason_for(record: Record, exc: BaseException) -> DeadLetterReason:
