@@ -178,7 +178,7 @@ class StageRuntime:
         self._metrics.records.labels(self.name).inc(handled)
         await self._commit(sub)
 
-    async def _handle(self, records: Sequence[Record]) -> int:
+    async def _handle(self, records: Sequence[Record], *, whole: bool = True) -> int:
         """Handle ``records`` in order, dead-lettering those that fail; how many were handled.
 
         Halving finds one poison record in a batch of n with about 2 log2(n) calls.
@@ -191,15 +191,17 @@ class StageRuntime:
             if len(records) == 1:
                 await self._dead_letter(records[0], exc)
                 return 0
-            log.warning(
-                "%s: a batch of %d records failed (%s: %s); splitting it",
-                self.name,
-                len(records),
-                type(exc).__name__,
-                exc,
-            )
+            if whole:  # once per batch; each poison record found is logged on its own
+                log.warning(
+                    "%s: a batch of %d records failed (%s: %s); splitting it to find the poison",
+                    self.name,
+                    len(records),
+                    type(exc).__name__,
+                    exc,
+                )
             half = len(records) // 2
-            return await self._handle(records[:half]) + await self._handle(records[half:])
+            first = await self._handle(records[:half], whole=False)  # in order: first half first
+            return first + await self._handle(records[half:], whole=False)
         return len(records)
 
     async def _dead_letter(self, record: Record, exc: Exception) -> None:
