@@ -81,7 +81,7 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Per event appended, its offset; ``None`` where its dedup key was already in the log."""
+    """Per event appended, its offset; ``None`` where it was a repeat (see ``append``)."""
 
     offsets: tuple[int | None, ...]
 
@@ -92,6 +92,19 @@ class AppendResult:
     @property
     def duplicates(self) -> int:
         return sum(1 for o in self.offsets if o is None)
+
+
+def check_dedup(
+    events: int,
+    dedup_keys: Sequence[str] | None,
+    dedup_latest: Sequence[tuple[str, str]] | None,
+) -> None:
+    """``ValueError`` unless the dedup arguments of an append of ``events`` make sense."""
+    if dedup_keys is not None and dedup_latest is not None:
+        raise ValueError("give dedup_keys or dedup_latest, not both")
+    for name, given in (("dedup_keys", dedup_keys), ("dedup_latest", dedup_latest)):
+        if given is not None and len(given) != events:
+            raise ValueError(f"{name} must have one entry per event")
 
 
 @runtime_checkable
@@ -123,11 +136,25 @@ class EventLog(Protocol):
         events: Sequence[Envelope],
         *,
         dedup_keys: Sequence[str] | None = None,
+        dedup_latest: Sequence[tuple[str, str]] | None = None,
     ) -> AppendResult:
         """Append events keyed by their ``subject``; durable when this returns.
 
-        With ``dedup_keys`` (one per event), an event whose key is already in the topic is
-        not appended again (its offset is ``None``) and the repeat is counted instead.
+        A repeat is not appended (its offset is ``None``) but counted. An append names its
+        repeats in one of two ways, one entry per event:
+
+        - ``dedup_keys``, "seen ever": an event whose key is already in the topic is a
+          repeat. For an event made once and delivered maybe twice: an outbox row or a dead
+          letter relayed again carries its event id.
+        - ``dedup_latest``, "same as the latest": ``(key, state)``; an event is a repeat when
+          ``state`` is the state of the latest event appended under ``key`` in the topic. For
+          something whose state can come back: an alert (key groupKey and fingerprint, state
+          startsAt and status) that fires, resolves, and fires again with the same startsAt
+          is appended three times, while a re-sent or duplicated notification is a repeat.
+
+        The two are separate namespaces, and an append gives at most one of them. Events of
+        one append are decided in order, each against those before it.
+
         Raises ``LogUnavailable`` when the log cannot take them. Nothing is acknowledged
         then; the embedded log appended none of them, while on Kafka the producer may still
         deliver some later, so a caller's retry can duplicate them (consumers are idempotent).

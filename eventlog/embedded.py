@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record
+from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record, check_dedup
 from eventlog.embedded_append import BatchWriter, Pending, to_row
 from eventlog.embedded_consumer import EmbeddedSubscription
 from eventlog.embedded_schema import open_reader, open_writer
@@ -122,13 +122,17 @@ class EmbeddedLog:
         events: Sequence[Envelope],
         *,
         dedup_keys: Sequence[str] | None = None,
+        dedup_latest: Sequence[tuple[str, str]] | None = None,
     ) -> AppendResult:
         if self._closed:
             raise LogClosed("event log is closed")
-        if dedup_keys is not None and len(dedup_keys) != len(events):
-            raise ValueError("dedup_keys must have one key per event")
-        keys: Sequence[str | None] = dedup_keys if dedup_keys is not None else [None] * len(events)
-        rows = [to_row(e, k) for e, k in zip(events, keys, strict=True)]
+        check_dedup(len(events), dedup_keys, dedup_latest)
+        none = [None] * len(events)
+        keys: Sequence[str | None] = dedup_keys if dedup_keys is not None else none
+        latest: Sequence[tuple[str, str] | None] = (
+            dedup_latest if dedup_latest is not None else none
+        )
+        rows = [to_row(*each) for each in zip(events, keys, latest, strict=True)]
         del events  # serialised: not kept alive (and aging in the GC) while the commit runs
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._pending.append(Pending(topic, rows, future))

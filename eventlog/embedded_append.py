@@ -1,5 +1,6 @@
 """Writing one group commit of the embedded log: every waiting append in one transaction,
-repeats (dedup keys already in the topic) counted instead of appended.
+repeats (``EventLog.append``: a dedup key seen before, or the latest state of a latest key)
+counted instead of appended.
 
 Runs on the log's writer thread only, never on the event loop.
 """
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 from eventlog.base import AppendResult
 from schemas import Envelope
 
-Row = tuple[str, str, str, int, str | None, bytes]  # key, id, type, time_ms, dedup_key, envelope
-MAX_ROWS_PER_STATEMENT = 1024  # a cached 1024-row INSERT is ~650 KB in SQLite's cache
+# key, id, type, time_ms, dedup_key, latest_key, state, envelope
+Row = tuple[str, str, str, int, str | None, str | None, str | None, bytes]
+MAX_ROWS_PER_STATEMENT = 1024  # a cached 1024-row INSERT is most of a MB in SQLite's cache
 
 
 @dataclass
@@ -29,14 +31,17 @@ class Pending:
     future: asyncio.Future[AppendResult] = field(repr=False)
 
 
-def to_row(event: Envelope, dedup_key: str | None) -> Row:
+def to_row(event: Envelope, dedup_key: str | None, latest: tuple[str, str] | None) -> Row:
     time_ms = int(event.time.timestamp() * 1000)
+    latest_key, state = latest if latest is not None else (None, None)
     return (
         event.subject,
         event.id,
         event.type,
         time_ms,
         dedup_key,
+        latest_key,
+        state,
         event.json_bytes(),
     )
 
@@ -55,18 +60,32 @@ def _pieces(n: int, largest: int) -> Iterator[tuple[int, int]]:
         start += size
 
 
-_INSERT = "INSERT INTO events (topic, key, id, type, time_ms, dedup_key, envelope) VALUES "
+_INSERT = (
+    "INSERT INTO events"
+    " (topic, key, id, type, time_ms, dedup_key, latest_key, state, envelope) VALUES "
+)
+_COLUMNS = 9
 _EXISTING = "SELECT dedup_key FROM events WHERE topic = ? AND dedup_key IN "
+# The latest event of each key: MAX(seq) per key comes from the partial index alone.
+_LATEST = (
+    "SELECT latest_key, state FROM events WHERE seq IN (SELECT MAX(seq) FROM events"
+    " WHERE topic = ? AND latest_key IN ({}) GROUP BY latest_key)"
+)
 
 
 @functools.lru_cache(maxsize=256)
 def _insert_sql(rows: int) -> str:
-    return _INSERT + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return _INSERT + ", ".join(["(" + ", ".join("?" * _COLUMNS) + ")"] * rows)
 
 
 @functools.cache
 def _existing_sql(keys: int) -> str:
     return _EXISTING + "(" + ", ".join("?" * keys) + ")"
+
+
+@functools.cache
+def _latest_sql(keys: int) -> str:
+    return _LATEST.format(", ".join("?" * keys))
 
 
 class BatchWriter:
@@ -75,7 +94,7 @@ class BatchWriter:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
-        self._max_rows = min(MAX_ROWS_PER_STATEMENT, limit // 7)
+        self._max_rows = min(MAX_ROWS_PER_STATEMENT, limit // _COLUMNS)
         self._max_keys = min(MAX_ROWS_PER_STATEMENT, limit - 1)
 
     def write(self, batch: list[Pending]) -> list[AppendResult]:
@@ -102,7 +121,8 @@ class BatchWriter:
         Every statement releases and retakes the GIL, and while the event loop's thread is
         busy a retake waits for it; BEGIN and COMMIT would be two more waits per batch.
         None when the batch needs an explicit transaction: several topics or statements,
-        or a repeat (the INSERT failed on the unique index and changed nothing).
+        or a repeat (the INSERT failed on the unique index or the latest-state trigger, and
+        changed nothing).
         """
         if len(runs) != 1 or not 0 < len(runs[0][1]) <= self._max_rows:
             return None
@@ -125,12 +145,13 @@ class BatchWriter:
         return offsets
 
     def _insert(self, topic: str, rows: list[Row]) -> list[int | None]:
-        """Insert the rows, but count those whose dedup key is in the topic as repeats.
+        """Insert the rows, but count the repeats among them.
 
         A few multi-row statements per batch, whatever its size: every statement releases
         and retakes the GIL, and each retake can wait for the event loop's thread. A repeat
-        fails its statement on the unique index, SQLite undoes just that statement (the
-        transaction goes on), and then that statement's rows are sorted out.
+        fails its statement (unique index, or the latest-state trigger), SQLite undoes just
+        that statement (the transaction goes on), and then that statement's rows are sorted
+        out.
         """
         offsets: list[int | None] = []
         for start, size in _pieces(len(rows), self._max_rows):
@@ -143,19 +164,17 @@ class BatchWriter:
 
     def _insert_sorting_repeats(self, topic: str, rows: list[Row]) -> list[int | None]:
         seen = self._existing(topic, [r[4] for r in rows if r[4] is not None])
+        latest = self._latest(topic, list({r[5] for r in rows if r[5] is not None}))
         fresh: list[Row] = []
-        repeats: list[tuple[str, str | None, int]] = []
+        repeats: list[tuple[str, str, int]] = []
         is_fresh: list[bool] = []
         for row in rows:
-            dedup_key = row[4]
-            if dedup_key is not None:
-                if dedup_key in seen:
-                    repeats.append((topic, dedup_key, row[3]))
-                    is_fresh.append(False)
-                    continue
-                seen.add(dedup_key)
-            fresh.append(row)
-            is_fresh.append(True)
+            repeat = _repeat_of(row, seen, latest)
+            if repeat is not None:
+                repeats.append((topic, repeat, row[3]))
+            else:
+                fresh.append(row)
+            is_fresh.append(repeat is None)
         seqs = iter(self._insert_fresh(topic, fresh))
         if repeats:
             self._conn.executemany(
@@ -165,6 +184,14 @@ class BatchWriter:
                 repeats,
             )
         return [next(seqs) if new else None for new in is_fresh]
+
+    def _latest(self, topic: str, keys: list[str]) -> dict[str, str]:
+        """The state of the latest event under each of ``keys`` that has one."""
+        found: dict[str, str] = {}
+        for start, size in _pieces(len(keys), self._max_keys):
+            rows = self._conn.execute(_latest_sql(size), (topic, *keys[start : start + size]))
+            found.update(rows)
+        return found
 
     def _existing(self, topic: str, keys: list[str]) -> set[str]:
         found: set[str] = set()
@@ -188,3 +215,19 @@ class BatchWriter:
         if cur.rowcount != len(rows) or last is None:  # not an IntegrityError: no retry
             raise sqlite3.DatabaseError(f"inserted {cur.rowcount} of {len(rows)} rows")
         return range(last - len(rows) + 1, last + 1)
+
+
+def _repeat_of(row: Row, seen: set[str], latest: dict[str, str]) -> str | None:
+    """The key to count ``row`` under if it is a repeat; else None, and ``seen`` or
+    ``latest`` now include it, so that the rows after it are decided against it."""
+    dedup_key, latest_key, state = row[4], row[5], row[6]
+    if dedup_key is not None:
+        if dedup_key in seen:
+            return dedup_key
+        seen.add(dedup_key)
+    elif latest_key is not None and state is not None:
+        if latest.get(latest_key) == state:
+            # Counted as the whole (key, state), as an alert's idempotency key joins them.
+            return f"{latest_key}\x1f{state}"
+        latest[latest_key] = state
+    return None

@@ -6,8 +6,9 @@ order. The embedded log defines the semantics; where Kafka differs:
 
 - ``Record.offset`` (and ``AppendResult.offsets``) count within the record's partition, and
   ``read(from_offset=n)`` starts every partition of every topic read at offset ``n``.
-- ``dedup_keys`` cannot be enforced by Kafka. Keys appended by this process are remembered
-  (the last ``DEDUP_WINDOW`` per topic) and repeats within that window are skipped; across
+- Repeats (``dedup_keys``, ``dedup_latest``) cannot be checked against the topic by Kafka.
+  Keys appended by this process are remembered, with the latest state of each "latest" key
+  (the last ``DEDUP_WINDOW`` keys per topic), and repeats of those are skipped; across
   processes and restarts duplicates reach the log, and consumers stay idempotent (DESIGN,
   delivery semantics).
 - An append that fails (``LogUnavailable`` within ``request_timeout`` s) may still have
@@ -40,11 +41,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record
+from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record, check_dedup
 from eventlog.kafka_admin import TopicAdmin
 from eventlog.kafka_codec import KAFKA_ERRORS, headers, mapped, quietly, value
 from eventlog.kafka_consumer import UNTIL_GRACE, KafkaSubscription, Replay
-from eventlog.kafka_dedup import Claim, RecentKeys
+from eventlog.kafka_dedup import Claim, Mark, RecentKeys, marks
 from schemas import TOPICS, Envelope
 
 
@@ -199,18 +200,18 @@ class KafkaLog:
         events: Sequence[Envelope],
         *,
         dedup_keys: Sequence[str] | None = None,
+        dedup_latest: Sequence[tuple[str, str]] | None = None,
     ) -> AppendResult:
         if self._closed:
             raise LogClosed("event log is closed")
-        if dedup_keys is not None and len(dedup_keys) != len(events):
-            raise ValueError("dedup_keys must have one key per event")
+        check_dedup(len(events), dedup_keys, dedup_latest)
         if not events:
             return AppendResult(())
         try:
             async with asyncio.timeout(self.request_timeout):
                 await self._ensure_topics([topic])
                 producer = await self._producer_ready()
-                return await self._append(producer, topic, events, dedup_keys)
+                return await self._append(producer, topic, events, marks(dedup_keys, dedup_latest))
         except KAFKA_ERRORS as exc:
             # The producer stays: an idempotent producer retries what it holds until the
             # broker takes it (aiokafka never expires those batches), so it recovers by
@@ -223,14 +224,14 @@ class KafkaLog:
         producer: AIOKafkaProducer,
         topic: str,
         events: Sequence[Envelope],
-        dedup_keys: Sequence[str] | None,
+        dedup: Sequence[Mark] | None,
     ) -> AppendResult:
-        if dedup_keys is None:
+        if dedup is None:
             metas = await self._send(producer, topic, events)
             return AppendResult(tuple(m.offset for m in metas))
-        claim = await self._recent.claim(topic, dedup_keys)
+        claim = await self._recent.claim(topic, dedup)
         delivery = asyncio.create_task(
-            self._send(producer, topic, [events[i] for i in claim.fresh.values()])
+            self._send(producer, topic, [events[i] for i in claim.fresh])
         )
         self._deliveries.add(delivery)
         delivery.add_done_callback(lambda d: self._settle(d, claim))
@@ -239,7 +240,7 @@ class KafkaLog:
         # them later, so a retry must not queue a second copy behind them.
         metas = await asyncio.shield(delivery)
         offsets: list[int | None] = [None] * len(events)
-        for i, meta in zip(claim.fresh.values(), metas, strict=True):
+        for i, meta in zip(claim.fresh, metas, strict=True):
             offsets[i] = meta.offset
         return AppendResult(tuple(offsets))
 

@@ -136,10 +136,12 @@ class Receiver:
 
     async def _accept(self, webhook: Webhook) -> web.Response:
         payloads = normalise(webhook, webhook.incident_group_key(), datetime.now(UTC))
-        dedup = [data.idempotency_key() for data in payloads]
+        # A repeat is an alert whose (startsAt, status) is the latest appended for it: one
+        # that fires again after it resolved, with the same startsAt, is a change.
+        states = [data.state_key() for data in payloads]
         accepted = len(payloads)
         firing = sum(1 for data in payloads if data.status == "firing")
-        appending = self.log.append(TOPIC_ALERTS, _envelopes(payloads), dedup_keys=dedup)
+        appending = self.log.append(TOPIC_ALERTS, _envelopes(payloads), dedup_latest=states)
         # Dozens of webhooks wait for each commit: their models, let go now, die young
         # instead of filling the older GC generations (the log has what it needs).
         del webhook, payloads

@@ -61,17 +61,34 @@ class AlertEventData(BaseModel):
     received_at: datetime = Field(description="when sevpipe received the webhook, UTC")
 
     def idempotency_key(self) -> str:
-        """(groupKey, fingerprint, startsAt, status): a repeat of this key is the same change."""
+        """(groupKey, fingerprint, startsAt, status): this change of this alert."""
         return alert_idempotency_key(
             self.group.group_key, self.fingerprint, self.starts_at, self.status
         )
+
+    def state_key(self) -> tuple[str, str]:
+        """(the alert, its state), what the receiver dedups by: see ``alert_state_key``."""
+        return alert_state_key(self.group.group_key, self.fingerprint, self.starts_at, self.status)
+
+
+def alert_state_key(
+    group_key: str, fingerprint: str, starts_at: datetime | None, status: str
+) -> tuple[str, str]:
+    """(groupKey and fingerprint, startsAt and status): which alert, and in which state.
+
+    An alert is a repeat only when its state is the latest one appended for it, not any
+    state it ever had: firing, resolved, then firing again with the same startsAt (its
+    endsAt passed while Prometheus could not reach it) is three changes, all appended.
+    """
+    starts = starts_at.isoformat() if starts_at else "-"
+    return "\x1f".join((group_key, fingerprint)), "\x1f".join((starts, status))
 
 
 def alert_idempotency_key(
     group_key: str, fingerprint: str, starts_at: datetime | None, status: str
 ) -> str:
-    starts = starts_at.isoformat() if starts_at else "-"
-    return "\x1f".join((group_key, fingerprint, starts, status))
+    """The state key's two parts joined: one string per (alert, state)."""
+    return "\x1f".join(alert_state_key(group_key, fingerprint, starts_at, status))
 
 
 def normalise(webhook: Webhook, group_key: str, received_at: datetime) -> list[AlertEventData]:

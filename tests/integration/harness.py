@@ -1,4 +1,5 @@
-"""The receiver as the process serves it: real aiohttp app, real EmbeddedLog in a temp dir."""
+"""The receiver as the process serves it: real aiohttp app, over a real EmbeddedLog in a temp
+dir (``open_harness``) or any log a test gives (``open_receiver``)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventlog import EmbeddedLog, Record
+from eventlog import EmbeddedLog, EventLog, Record
 from ingest import Credentials, Receiver, ReceiverConfig, ReceiverMetrics
 from sevpipe.http import build_app
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 FIXTURE_NAMES = tuple(sorted(p.name for p in FIXTURE_DIR.glob("*.json")))
 JSON_HEADERS = {"Content-Type": "application/json"}
+LogT = TypeVar("LogT", bound=EventLog)
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -33,8 +35,8 @@ def fixture_json(name: str) -> dict[str, Any]:
 
 
 @dataclass
-class Harness:
-    log: EmbeddedLog
+class ReceiverHarness(Generic[LogT]):
+    log: LogT
     client: TestClient[web.Request, web.Application]
 
     async def post(
@@ -66,6 +68,9 @@ class Harness:
         return out
 
 
+Harness = ReceiverHarness[EmbeddedLog]
+
+
 @asynccontextmanager
 async def open_harness(
     data_dir: Path,
@@ -76,6 +81,18 @@ async def open_harness(
     synchronous: Literal["full", "normal"] = "full",
 ) -> AsyncIterator[Harness]:
     log = EmbeddedLog(data_dir / "events.db", synchronous=synchronous, busy_timeout=busy_timeout)
+    async with open_receiver(log, credentials=credentials, max_body_bytes=max_body_bytes) as h:
+        yield h
+
+
+@asynccontextmanager
+async def open_receiver(
+    log: LogT,
+    *,
+    credentials: Credentials | None = None,
+    max_body_bytes: int = 1024 * 1024,
+) -> AsyncIterator[ReceiverHarness[LogT]]:
+    """The receiver over ``log`` (not started yet); the log is closed afterwards."""
     await log.start()
     registry = CollectorRegistry()
     config = ReceiverConfig(credentials=credentials or Credentials(), max_body_bytes=max_body_bytes)
@@ -84,7 +101,7 @@ async def open_harness(
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        yield Harness(log, client)
+        yield ReceiverHarness(log, client)
     finally:
         await client.close()
         await log.close()

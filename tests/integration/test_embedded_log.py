@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 import struct
@@ -136,8 +137,61 @@ async def test_dedup_keys_survive_reopen(tmp_path: Path) -> None:
         assert ns(await read_all(log)) == [1]
 
 
+async def test_latest_states_survive_reopen_and_repeats_are_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    firing, resolved = ("g\x1ff", "t0\x1ffiring"), ("g\x1ff", "t0\x1fresolved")
+    async with EmbeddedLog(path) as log:
+        await log.append("a", [event(1), event(2)], dedup_latest=[firing, resolved])
+    async with EmbeddedLog(path) as log:
+        again = await log.append("a", [event(3), event(4)], dedup_latest=[resolved, firing])
+        repeat = await log.append("a", [event(5)], dedup_latest=[firing])
+        assert again.offsets[0] is None
+        assert again.offsets[1] is not None
+        assert repeat.offsets == (None,)
+        assert ns(await read_all(log)) == [1, 2, 4]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT topic, dedup_key, count FROM repeats ORDER BY dedup_key")
+        # counted under the whole (key, state), as an alert's idempotency key reads
+        assert rows.fetchall() == [
+            ("a", "g\x1ff\x1ft0\x1ffiring", 1),
+            ("a", "g\x1ff\x1ft0\x1fresolved", 1),
+        ]
+
+
+# The events table as logs made before "latest" dedup have it.
+_OLD_SCHEMA = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, key TEXT NOT NULL,
+    id TEXT NOT NULL, type TEXT NOT NULL, time_ms INTEGER NOT NULL, dedup_key TEXT,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX events_topic_seq ON events (topic, seq);
+CREATE INDEX events_time ON events (time_ms);
+CREATE UNIQUE INDEX events_dedup ON events (topic, dedup_key);
+"""
+
+
+async def test_a_log_from_before_latest_dedup_opens_and_keeps_its_keys(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    old = event(1)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(_OLD_SCHEMA)
+        db.execute(
+            "INSERT INTO events (topic, key, id, type, time_ms, dedup_key, envelope)"
+            " VALUES ('a', ?, ?, ?, 0, 'k', ?)",
+            (old.subject, old.id, old.type, old.json_bytes()),
+        )
+    async with EmbeddedLog(path) as log:
+        assert (await log.append("a", [event(2)], dedup_keys=["k"])).offsets == (None,)
+        latest = await log.append("a", [event(3), event(4)], dedup_latest=[("k", "s")] * 2)
+        assert latest.offsets[1] is None
+        assert ns(await read_all(log)) == [1, 3]
+    async with EmbeddedLog(path) as log:  # and opens again as it is now
+        assert (await log.append("a", [event(5)], dedup_latest=[("k", "s")])).appended == 0
+
+
 async def test_dedup_keys_must_match_events(eventlog: EmbeddedLog) -> None:
-    with pytest.raises(ValueError, match="one key per event"):
+    with pytest.raises(ValueError, match="dedup_keys must have one entry per event"):
         await eventlog.append("a", [event(1), event(2)], dedup_keys=["k"])
     assert await read_all(eventlog) == []
 

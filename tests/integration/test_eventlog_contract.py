@@ -205,6 +205,48 @@ async def test_dedup_keys_within_a_process(eventlog: EventLog) -> None:
     assert sorted(ns(await read_all(eventlog, [TOPIC_ALERTS]))) == [0, 1, 2, 3, winner]
 
 
+async def test_dedup_latest_drops_only_the_latest_state_again(eventlog: EventLog) -> None:
+    async def states(*marks: tuple[str, str]) -> tuple[int | None, ...]:
+        events = [event(i) for i in range(len(marks))]
+        return (await eventlog.append(TOPIC_ALERTS, events, dedup_latest=marks)).offsets
+
+    firing, resolved = ("a", "t0 firing"), ("a", "t0 resolved")
+    assert None not in await states(firing)
+    assert (await states(firing))[0] is None  # a re-send of the latest state
+    assert (await states(resolved))[0] is not None
+    assert (await states(resolved))[0] is None
+    assert (await states(firing))[0] is not None  # fired again, same startsAt: a change
+    # in one append, each event is decided against those before it
+    got = await states(resolved, resolved, firing, ("b", "t0 firing"), firing)
+    assert [o is not None for o in got] == [True, False, True, True, False]
+    # keys are per topic, and "latest" keys are not "seen ever" keys
+    other = await eventlog.append(TOPIC_INCIDENTS, [event(0)], dedup_latest=[firing])
+    assert other.appended == 1
+    ever = await eventlog.append(TOPIC_ALERTS, [event(0)], dedup_keys=["a"])
+    assert ever.appended == 1
+    assert len(await read_all(eventlog, [TOPIC_ALERTS])) == 7
+
+
+async def test_dedup_latest_from_racing_callers_lands_once(eventlog: EventLog) -> None:
+    mark = [("alert", "firing")]
+    racing = await asyncio.gather(
+        *(eventlog.append(TOPIC_ALERTS, [event(i)], dedup_latest=mark) for i in range(5))
+    )
+    assert sum(r.appended for r in racing) == 1
+    assert len(await read_all(eventlog, [TOPIC_ALERTS])) == 1
+
+
+async def test_dedup_arguments_are_checked(eventlog: EventLog) -> None:
+    two = [event(1), event(2)]
+    with pytest.raises(ValueError, match="dedup_latest must have one entry per event"):
+        await eventlog.append(TOPIC_ALERTS, two, dedup_latest=[("k", "s")])
+    with pytest.raises(ValueError, match="not both"):
+        await eventlog.append(
+            TOPIC_ALERTS, two, dedup_keys=["a", "b"], dedup_latest=[("k", "s"), ("k", "t")]
+        )
+    assert await read_all(eventlog, [TOPIC_ALERTS]) == []
+
+
 # -- consumer groups -----------------------------------------------------------------------------
 
 

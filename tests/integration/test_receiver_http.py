@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import FIXTURE_NAMES, JSON_HEADERS, Harness, fixture_bytes, fixture_json, open_harness
+from harness import (
+    FIXTURE_NAMES,
+    JSON_HEADERS,
+    Harness,
+    ReceiverHarness,
+    fixture_bytes,
+    fixture_json,
+    open_harness,
+    open_receiver,
+)
+from services import Services, unique_name
 
+from eventlog import EmbeddedLog, EventLog, KafkaLog
 from ingest import Credentials
 
 F01 = "01_zulip_firing_2alerts.json"
@@ -376,7 +387,7 @@ async def test_a_changed_alert_is_not_a_repeat(tmp_path: Path) -> None:
     resolved["status"] = "resolved"
     resolved["alerts"][0]["status"] = "resolved"
     resolved["alerts"][0]["endsAt"] = "2023-06-12T09:00:00Z"
-    refired = copy.deepcopy(firing)
+    refired = copy.deepcopy(firing)  # alert 0 fires again, alert 1 with a new startsAt
     refired["alerts"][1]["startsAt"] = "2023-06-12T10:00:00Z"
     async with open_harness(tmp_path) as h:
         await h.post(json.dumps(firing).encode())
@@ -384,11 +395,75 @@ async def test_a_changed_alert_is_not_a_repeat(tmp_path: Path) -> None:
         _, answer_refired, _ = await h.post(json.dumps(refired).encode())
         records = await h.records()
     assert answer_resolved == {"accepted": 3, "appended": 1, "repeats": 2}
-    assert answer_refired == {"accepted": 3, "appended": 1, "repeats": 2}
+    assert answer_refired == {"accepted": 3, "appended": 2, "repeats": 1}
     assert [r.envelope.type for r in records] == ["alert.firing"] * 3 + [
         "alert.resolved",
         "alert.firing",
+        "alert.firing",
     ]
+
+
+# An alert Alertmanager resolved (its endsAt passed while Prometheus could not reach it) that
+# then fires again with the same startsAt: on both logs, since each dedups in its own way.
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+async def any_log_harness(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ReceiverHarness[EventLog]]:
+    async with open_receiver(_log(request, tmp_path)) as h:
+        yield h
+
+
+def _log(request: pytest.FixtureRequest, tmp_path: Path) -> EventLog:
+    if request.param == "embedded":
+        return EmbeddedLog(tmp_path / "events.db")
+    services: Services = request.getfixturevalue("services")
+    return KafkaLog(services.kafka_bootstrap, topic_prefix=unique_name("refire") + ".")
+
+
+def _one_alert(status: str, *, ends_at: str = "0001-01-01T00:00:00Z") -> bytes:
+    body = fixture_json(F02)
+    body["status"] = status
+    body["alerts"] = [{**body["alerts"][0], "status": status, "endsAt": ends_at}]
+    return json.dumps(body).encode()
+
+
+FIRING = _one_alert("firing")
+RESOLVED = _one_alert("resolved", ends_at="2023-06-12T09:00:00Z")
+APPENDED = {"accepted": 1, "appended": 1, "repeats": 0}
+REPEAT = {"accepted": 1, "appended": 0, "repeats": 1}
+
+
+async def _answers(h: ReceiverHarness[EventLog], *bodies: bytes) -> list[dict[str, Any]]:
+    return [(await h.post(body))[1] for body in bodies]
+
+
+async def _types(h: ReceiverHarness[EventLog]) -> list[str]:
+    return [r.envelope.type for r in await h.records()]
+
+
+async def test_firing_again_after_resolved_with_the_same_starts_at_is_appended(
+    any_log_harness: ReceiverHarness[EventLog],
+) -> None:
+    h = any_log_harness
+    assert await _answers(h, FIRING, RESOLVED, FIRING) == [APPENDED] * 3
+    assert await _types(h) == ["alert.firing", "alert.resolved", "alert.firing"]
+    # and it can resolve and fire again as often as Alertmanager says so
+    assert await _answers(h, RESOLVED, FIRING) == [APPENDED] * 2
+
+
+async def test_the_same_state_as_the_latest_is_still_a_repeat(
+    any_log_harness: ReceiverHarness[EventLog],
+) -> None:
+    h = any_log_harness
+    # a re-send (group_interval) or an HA peer's duplicate of the latest state
+    assert await _answers(h, FIRING, FIRING) == [APPENDED, REPEAT]
+    assert await _answers(h, RESOLVED, RESOLVED) == [APPENDED, REPEAT]
+    assert await _answers(h, FIRING, FIRING) == [APPENDED, REPEAT]  # the re-fire, then its copy
+    assert await _types(h) == ["alert.firing", "alert.resolved", "alert.firing"]
+    metrics = await h.metrics()
+    assert metrics["sevpipe_alerts_repeated_total", ()] == 3
 
 
 async def test_metrics_count_every_outcome(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from schemas import (
     labels_fingerprint,
     normalise,
 )
+from schemas.events import alert_state_key
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alertmanager"
 RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -198,3 +199,15 @@ def test_idempotency_key_parts() -> None:
     assert alert_idempotency_key("g", "f", None, "firing") == "g\x1ff\x1f-\x1ffiring"
     assert key != alert_idempotency_key("g", "f", t, "resolved")
     assert key != alert_idempotency_key("g", "f", t.replace(second=1), "firing")
+
+
+def test_state_key_is_the_alert_and_its_state() -> None:
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    firing = alert_state_key("g", "f", t, "firing")
+    assert firing == ("g\x1ff", "2026-01-01T00:00:00+00:00\x1ffiring")
+    assert "\x1f".join(firing) == alert_idempotency_key("g", "f", t, "firing")
+    # the same alert in another state: the same key, another state
+    resolved = alert_state_key("g", "f", t, "resolved")
+    assert resolved[0] == firing[0]
+    assert resolved[1] != firing[1]
+    assert alert_state_key("g", "f2", t, "firing")[0] != firing[0]
