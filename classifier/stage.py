@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
@@ -23,8 +22,9 @@ from classifier.classify import classify_alert
 from classifier.grouping import incident_key
 from classifier.lifecycle import AlertInput, Fold
 from classifier.policy import Policy
-from eventlog import EventLog, Record, Subscription
+from eventlog import EventLog, Record
 from runtime.relay import relay_outbox
+from runtime.stage import StageRuntime
 from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, derived_event_id
 from schemas.events import AlertEnvelope
 from store.base import (
@@ -37,7 +37,6 @@ from store.base import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 CONSUMER_GROUP = "sevpipe-classifier"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ALERT_TYPES = frozenset({"alert.firing", "alert.resolved"})
@@ -45,6 +44,7 @@ ALERT_TYPES = frozenset({"alert.firing", "alert.resolved"})
 
 class ClassifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.alerts = Counter(
             "sevpipe_classifier_alerts_total", "Alert events classified", registry=registry
         )
@@ -67,21 +67,19 @@ class ClassifierMetrics:
 
 
 def _inputs(records: Sequence[Record]) -> list[AlertInput]:
+    """The alert events of ``records``; events of other types on the topic are not ours.
+
+    A record that is not a valid alert event raises: the stage runtime then finds it and
+    moves it to the dead letters, instead of it vanishing into a log line.
+    """
     out = []
     for record in records:
         try:
             env = record.decode(AlertEnvelope)
-        except ValidationError as exc:
+        except ValidationError:
             if _other_type(record):
-                continue  # not ours to classify
-            # A malformed event must not wedge the stage; it stays in the log for inspection.
-            log.error(  # noqa: TRY400 - the validation message is the useful part
-                "skipping malformed alert event at %s offset %d: %s",
-                record.topic,
-                record.offset,
-                exc,
-            )
-            continue
+                continue
+            raise
         if env.type in ALERT_TYPES:
             out.append(AlertInput(env.id, env.time, env.data))
     return out
@@ -155,15 +153,12 @@ def decide_expiries(groups: dict[str, GroupState], now: datetime, policy: Policy
     return decided
 
 
-def _retriable(exc: BaseException) -> bool:
-    return bool(getattr(exc, "retriable", False))
-
-
-class _Stopped(Exception):
-    """Raised instead of another retry once shutdown has begun."""
-
-
 class ClassifierStage:
+    """The classifier as a stage-runtime handler: alert batches in, incident changes out."""
+
+    name = "classifier"
+    topics = (TOPIC_ALERTS,)
+
     def __init__(
         self,
         eventlog: EventLog,
@@ -184,23 +179,50 @@ class ClassifierStage:
         self.max_backoff = max_backoff
         self._next_expiry_scan = 0.0
         self._event_time: datetime | None = None
-        self._sub: Subscription | None = None
+        self._busy = False
+        self.runtime: StageRuntime | None = None
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per (topic, partition): how many offsets the stage is behind the log's end."""
-        lag = getattr(self._sub, "lag", None)
-        return dict(lag()) if callable(lag) else {}
+        return self.runtime.lag() if self.runtime is not None else {}
+
+    def ready(self) -> bool:
+        return self.runtime is not None and self.runtime.ready()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, on the stage runtime (outages waited out, poison
+        records dead-lettered, the batch in hand finished on stop)."""
+        self.runtime = StageRuntime(
+            self.log,
+            self,
+            self.metrics.registry,
+            group=self.group,
+            batch_size=self.batch_size,
+            max_backoff=self.max_backoff,
+        )
+        await self.runtime.run(stop)
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        self._busy = True
+        with self.metrics.batch_seconds.time():
+            await self.process(records)
+            await self.expire_graces()
+
+    async def tick(self) -> None:
+        """Before each poll: outbox rows others wrote (the API), and, when the last poll
+        found nothing, grace periods that ran out while the log was quiet."""
+        await relay_outbox(self.store, self.log)
+        idle, self._busy = not self._busy, False
+        if idle and time.monotonic() >= self._next_expiry_scan:
+            # Once a second is as precise as a grace period needs.
+            self._next_expiry_scan = time.monotonic() + 1.0
+            await self.expire_graces(max(self._event_time or _EPOCH, datetime.now(UTC)))
 
     async def process(self, records: Sequence[Record]) -> Decided:
         """Decide, store and relay one batch; retried on conflicts."""
         inputs = _inputs(records)
         wanted = fingerprints(inputs, self.policy)
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, StoreConflict)),
-            stop=stop_after_attempt(20),
-            wait=wait_exponential(multiplier=0.005, max=0.5),
-            reraise=True,
-        ):
+        async for attempt in _on_conflict():
             with attempt:
                 if attempt.retry_state.attempt_number > 1:
                     self.metrics.conflicts.inc()
@@ -221,8 +243,8 @@ class ClassifierStage:
 
         ``now`` defaults to the newest event time the stage has processed, so a replay of the
         same log expires the same incidents at the same points. Only a stage that has caught
-        up with the log asks with the wall clock (see ``_consume``): with nothing newer in
-        the log, that is the best estimate of the time events would carry.
+        up with the log asks with the wall clock (``tick``): with nothing newer in the log,
+        that is the best estimate of the time events would carry.
         """
         grace = self.policy.resolve_grace
         now = now or self._event_time
@@ -231,12 +253,7 @@ class ClassifierStage:
         keys = await self.store.due_graces(now, grace)
         if not keys:
             return 0
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, StoreConflict)),
-            stop=stop_after_attempt(20),
-            wait=wait_exponential(multiplier=0.005, max=0.5),
-            reraise=True,
-        ):
+        async for attempt in _on_conflict():
             with attempt:
                 groups = await self.store.load_groups(keys)
                 decided = decide_expiries(groups, now, self.policy)
@@ -244,53 +261,12 @@ class ClassifierStage:
         await relay_outbox(self.store, self.log)
         return len(decided.incidents)
 
-    async def _idle(self) -> None:
-        """Between fetches that found nothing: outbox rows others wrote (the API), and grace
-        periods that ran out while the log was quiet."""
-        await relay_outbox(self.store, self.log)
-        if time.monotonic() >= self._next_expiry_scan:
-            # Once a second is as precise as a grace period needs.
-            self._next_expiry_scan = time.monotonic() + 1.0
-            await self.expire_graces(max(self._event_time or _EPOCH, datetime.now(UTC)))
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; outages of the log or store are waited out."""
-        sub = self.log.subscribe([TOPIC_ALERTS], self.group)
-        self._sub = sub
-        try:
-            await self._consume(sub, stop)
-        except _Stopped:
-            log.info("classifier stopped while waiting out an outage")
-        finally:
-            await sub.close()
-
-    async def _consume(self, sub: Subscription, stop: asyncio.Event) -> None:
-        await self._with_backoff(stop, lambda: relay_outbox(self.store, self.log))
-        while not stop.is_set():
-            records = await self._with_backoff(
-                stop, lambda: sub.fetch(self.batch_size, max_wait=0.5)
-            )
-            if not records:
-                await self._with_backoff(stop, self._idle)
-                continue
-            with self.metrics.batch_seconds.time():
-                await self._with_backoff(stop, lambda r=records: self.process(r))  # type: ignore[misc]
-                await self._with_backoff(stop, self.expire_graces)
-            await self._with_backoff(stop, sub.commit)
-
-    async def _with_backoff(self, stop: asyncio.Event, fn: Callable[[], Awaitable[T]]) -> T:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(_retriable),
-            wait=wait_exponential(multiplier=0.1, max=self.max_backoff),
-            before_sleep=lambda rs: log.warning(
-                "classifier: %s; retrying (attempt %d)",
-                rs.outcome.exception() if rs.outcome else "?",
-                rs.attempt_number,
-            ),
-            reraise=True,
-        ):
-            with attempt:
-                if stop.is_set() and attempt.retry_state.attempt_number > 1:
-                    raise _Stopped
-                return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover
+def _on_conflict() -> AsyncRetrying:
+    """Another writer changed a group or incident: reload and decide again, soon."""
+    return AsyncRetrying(
+        retry=retry_if_exception(lambda e: isinstance(e, StoreConflict)),
+        stop=stop_after_attempt(20),
+        wait=wait_exponential(multiplier=0.005, max=0.5),
+        reraise=True,
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -62,19 +62,36 @@ async def json_http_errors(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def build_app(
-    routes: list[web.RouteDef], eventlog: EventLog, registry: CollectorRegistry, max_body: int
+    routes: list[web.RouteDef],
+    eventlog: EventLog,
+    registry: CollectorRegistry,
+    max_body: int,
+    *,
+    stages: Mapping[str, Callable[[], bool]] | None = None,
+    gate_on_stages: bool = False,
 ) -> web.Application:
+    """The process's HTTP app: ``routes`` plus /healthz, /readyz and /metrics.
+
+    /readyz always says whether the log takes appends and how each stage is doing. It fails
+    on a stage that is not consuming (backing off while a backend is away) only when
+    ``gate_on_stages``: a stage-only process has nothing else to be ready for, while in a
+    process that also receives webhooks the receiver must keep taking them meanwhile.
+    """
     app = web.Application(middlewares=[json_http_errors, never_500], client_max_size=max_body)
+    stages = stages or {}
 
     async def healthz(_: web.Request) -> web.Response:
         return _json(200, {"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        states = {name: "consuming" if ready() else "waiting" for name, ready in stages.items()}
         try:
             await eventlog.ping()
         except EventLogError as exc:
-            return _json(503, {"status": "unavailable", "eventlog": str(exc)})
-        return _json(200, {"status": "ready", "eventlog": "writable"})
+            return _json(503, {"status": "unavailable", "eventlog": str(exc), "stages": states})
+        if gate_on_stages and "waiting" in states.values():
+            return _json(503, {"status": "unavailable", "eventlog": "writable", "stages": states})
+        return _json(200, {"status": "ready", "eventlog": "writable", "stages": states})
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(

@@ -85,6 +85,7 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             routes += [*receiver.routes(), *api.routes()]
         stop = asyncio.Event()
         stage_task: asyncio.Task[None] | None = None
+        stage: ClassifierStage | None = None
         if policy is not None:
             stage = ClassifierStage(
                 eventlog,
@@ -95,7 +96,14 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             )
             registry.register(ConsumerLagCollector(stage.group, stage.lag))
             stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
-        app = build_app(routes, eventlog, registry, settings.max_body_bytes)
+        app = build_app(
+            routes,
+            eventlog,
+            registry,
+            settings.max_body_bytes,
+            stages={stage.name: stage.ready} if stage is not None else None,
+            gate_on_stages="ingest" not in roles,
+        )
         in_flight = InFlight()
         app.middlewares.append(in_flight.middleware())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)

@@ -39,6 +39,7 @@ from classifier.rebuild import rebuild_store
 from classifier.stage import CONSUMER_GROUP, decide, fingerprints
 from runtime.relay import relay_outbox
 from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, AlertEventData, Envelope
+from schemas.deadletter import TOPIC_DEADLETTER
 from schemas.incidents import Incident
 from store import EmbeddedStore, GroupState, IncidentWrite, OutboxEvent
 
@@ -145,12 +146,11 @@ async def test_policy_group_by_labels_joins_group_keys_into_one_incident(
         assert [a.fingerprint for a in await alerts_of(b.store, search.id)] == ["f3"]
 
 
-async def test_a_malformed_alert_event_is_skipped_by_the_stage_and_the_backtest(
+async def test_a_malformed_alert_event_is_dead_lettered_and_skipped_by_the_backtest(
     tmp_path: Path,
 ) -> None:
     async with open_backends(tmp_path) as b:
         stage = new_stage(b.log, b.store)
-        sub = b.log.subscribe([TOPIC_ALERTS], CONSUMER_GROUP)
         bad = Envelope(
             id="01JZZZZZZZZZZZZZZZZZZZZZZZ",
             type="alert.firing",
@@ -161,11 +161,26 @@ async def test_a_malformed_alert_event_is_skipped_by_the_stage_and_the_backtest(
         )
         await b.log.append(TOPIC_ALERTS, [bad])
         await append_webhook(b.log, webhook(GK_CHECKOUT, alert_json("fa", service="checkout")))
-        assert await drain(stage, sub) == 2
+        stop = asyncio.Event()
+        task = asyncio.create_task(stage.run(stop))
+        try:
+
+            async def one_incident() -> bool:
+                return len(await all_incidents(b.store)) == 1
+
+            await wait_for(one_incident, "the good alert's incident")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, DEADLINE)
         [inc] = await all_incidents(b.store)
         assert inc.key == GK_CHECKOUT
+        [letter] = await records(b.log, TOPIC_DEADLETTER)
+        assert letter.envelope.data["stage"] == "classifier"
+        [poison] = [r for r in await records(b.log, TOPIC_ALERTS) if r.envelope.id == bad.id]
+        assert letter.envelope.data["original"]["offset"] == poison.offset
+        assert letter.envelope.data["reason"] == "invalid"
 
-        # The backtest skips it too, and sees the same history as the live stage.
+        # The backtest skips it, and sees the same history as the live stage.
         report = await backtest(b.log, default_policy(), default_policy())
         assert (report.alerts, report.incidents, report.changed) == (1, 1, [])
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from classifier.grouping import incident_key
 from classifier.lifecycle import AlertInput, apply_alert, set_severity
 from classifier.policy import Policy
-from classifier.stage import decide, incident_key
+from classifier.stage import decide
 from schemas import AlertEventData, Envelope, GroupContext
 from schemas.incident_state import GroupState
 from schemas.incidents import Incident, IncidentAlert, IncidentCounts, IncidentEventData
