@@ -108,7 +108,8 @@ def _after(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
+        return raw.decode()
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError("cursor: not a cursor this API gave out") from None
 

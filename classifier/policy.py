@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from classifier.compiled import CompiledPolicy, compile_policy, normalise_impact
-from classifier.durations import Duration
+from schemas.durations import Duration
 from schemas.severity import Severity
 from schemas.yamlfile import ConfigFileError, YamlDocument
 

@@ -1,38 +1,46 @@
-"""``sevpipe replay``: print the log, as JSON lines or a table."""
+"""``sevpipe replay``: print the log, as JSON lines or a table.
+
+A record that is not a valid envelope (a foreign producer's naive time, bytes that are not
+JSON) is printed as it is stored, marked, never a traceback: replay is how such a record is
+found in the first place.
+"""
 
 from __future__ import annotations
 
-import re
+import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC
 from typing import TextIO
+
+import orjson
+from pydantic import ValidationError
 
 from eventlog import Record
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
-
-def parse_time(value: str, *, now: datetime | None = None) -> datetime:
-    """``2h``/``30m``/``7d`` ago, or an ISO 8601 / RFC 3339 time (UTC if no offset)."""
-    value = value.strip()
-    match = _DURATION.match(value)
-    if match:
-        amount, unit = match.groups()
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[unit]: float(amount)})
+def _raw_line(record: Record) -> str:
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"invalid time {value!r}: use a duration like 2h, 30m, 7d or an ISO time"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        orjson.loads(record.raw)
+        return record.raw.decode()
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        return orjson.dumps(
+            {
+                "undecodable": True,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "value_base64": base64.b64encode(record.raw).decode(),
+            }
+        ).decode()
 
 
 async def write_jsonl(records: AsyncIterator[Record], out: TextIO) -> int:
     count = 0
     async for record in records:
-        out.write(record.envelope.model_dump_json())
+        try:
+            out.write(record.envelope.model_dump_json())
+        except ValidationError:
+            out.write(_raw_line(record))
         out.write("\n")
         count += 1
     return count
@@ -47,15 +55,26 @@ def _summary(record: Record) -> str:
     return str(data.get("title") or data.get("status") or "")
 
 
+def _row(record: Record) -> str:
+    try:
+        env = record.envelope
+    except ValidationError as exc:
+        problem = f"{exc.error_count()} error(s): {exc.errors(include_url=False)[0]['msg']}"
+        return (
+            f"{record.offset:>8}  {'-':<29}  {record.topic:<22}  {'(not an envelope)':<22}  "
+            f"{record.key}  {problem}\n"
+        )
+    time = env.time.astimezone(UTC).isoformat(timespec="milliseconds")
+    return (
+        f"{record.offset:>8}  {time:<29}  {record.topic:<22}  {env.type:<22}  "
+        f"{env.subject}  {_summary(record)}\n"
+    )
+
+
 async def write_table(records: AsyncIterator[Record], out: TextIO) -> int:
     count = 0
     out.write(f"{'OFFSET':>8}  {'TIME':<29}  {'TOPIC':<22}  {'TYPE':<22}  SUBJECT / SUMMARY\n")
     async for record in records:
-        env = record.envelope
-        time = env.time.astimezone(UTC).isoformat(timespec="milliseconds")
-        out.write(
-            f"{record.offset:>8}  {time:<29}  {record.topic:<22}  {env.type:<22}  "
-            f"{env.subject}  {_summary(record)}\n"
-        )
+        out.write(_row(record))
         count += 1
     return count

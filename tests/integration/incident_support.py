@@ -93,8 +93,8 @@ async def append_webhook(
 ) -> list[Envelope]:
     """Append ``body``'s alerts to ``sevpipe.alerts`` as the receiver does (with dedup keys)."""
     envelopes = alert_envelopes(body, at=at)
-    keys = [AlertEventData.model_validate(e.data).idempotency_key() for e in envelopes]
-    await log.append(TOPIC_ALERTS, envelopes, dedup_keys=keys)
+    states = [AlertEventData.model_validate(e.data).state_key() for e in envelopes]
+    await log.append(TOPIC_ALERTS, envelopes, dedup_latest=states)
     return envelopes
 
 

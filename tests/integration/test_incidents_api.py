@@ -105,6 +105,7 @@ class Api:
         return answer
 
     async def alerts(self, incident_id: str, **params: str) -> list[dict[str, Any]]:
+        """One page (``limit`` 100 unless given) of an incident's alerts."""
         status, body = await self.get(f"/api/v1/incidents/{incident_id}/alerts", params=params)
         assert status == 200, body
         out: list[dict[str, Any]] = body["alerts"]
@@ -451,3 +452,106 @@ async def test_since_with_a_raw_plus_in_the_query_string(api: Api) -> None:
     status, body = await api.get("/api/v1/incidents?since=2026-03-01T14:02:00+02:00")
     assert status == 200, body
     assert names(body["incidents"]) == ["search", "billing"]
+
+
+# -- re-fire, paging, idempotency ---------------------------------------------------------------
+
+
+async def test_firing_again_with_the_same_starts_at_after_a_resolve_reopens(api: Api) -> None:
+    """Alertmanager resolved the alert when its endsAt passed (Prometheus could not reach it),
+    then sends it firing again with the same startsAt: the SEV-0 must page again."""
+    firing = alert_json("c1", service="checkout", impact="outage")
+    await api.post_alerts(GK["checkout"], firing)
+    await api.post_alerts(GK["checkout"], alert_json("c1", "resolved", service="checkout"))
+    [resolved] = await api.incidents()
+    assert resolved["status"] == "resolved"
+
+    async with api.client.post(
+        "/api/v1/alerts",
+        data=orjson.dumps(webhook(GK["checkout"], firing)),
+        headers={"Content-Type": "application/json", **api.headers},
+    ) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["repeats"] == 0
+    await drain(api.stage, api.sub)
+
+    [again] = await api.incidents()
+    assert (again["id"], again["status"], again["severity"]) == (resolved["id"], "open", "SEV-0")
+    types = [e.type for e in await incident_events(api.log)]
+    assert types == ["incident.opened", "incident.resolved", "incident.reopened"]
+
+
+async def test_alerts_are_paged_with_a_cursor_and_filtered_by_status(api: Api) -> None:
+    fps = [f"p{n:03d}" for n in range(25)]
+    await api.post_alerts(GK["checkout"], *(alert_json(fp, service="checkout") for fp in fps))
+    await api.post_alerts(
+        GK["checkout"], *(alert_json(fp, "resolved", service="checkout") for fp in fps[:5])
+    )
+    [inc] = await api.incidents()
+    assert inc["counts"] == {"alerts": 25, "firing": 20, "resolved": 5}
+    assert "alerts" not in inc  # lists are summaries
+
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"limit": "10", **({"cursor": cursor} if cursor else {})}
+        status, body = await api.get(f"/api/v1/incidents/{inc['id']}/alerts", params=params)
+        assert status == 200, body
+        seen += [a["fingerprint"] for a in body["alerts"]]
+        pages += 1
+        cursor = body["alerts_next_cursor"]
+        if cursor is None:
+            break
+    assert (seen, pages) == (fps, 3)
+    resolved = await api.alerts(inc["id"], status="resolved")
+    assert [a["fingerprint"] for a in resolved] == fps[:5]
+    firing = await api.alerts(inc["id"], status="firing", limit="1000")
+    assert len(firing) == 20
+
+    _, shown = await api.get(f"/api/v1/incidents/{inc['id']}")
+    assert [a["fingerprint"] for a in shown["alerts"]] == fps  # the first page
+    assert shown["alerts_next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"status": "open"}, "status"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"cursor": "%%%"}, "cursor"),
+    ],
+)
+async def test_a_bad_alerts_query_is_a_400_naming_the_field(
+    api: Api, params: dict[str, str], field: str
+) -> None:
+    await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout"))
+    [inc] = await api.incidents()
+    status, body = await api.get(f"/api/v1/incidents/{inc['id']}/alerts", params=params)
+    assert status == 400, body
+    assert body["field"] == field
+    status, body = await api.get("/api/v1/incidents/inc-nope/alerts")
+    assert status == 404
+
+
+async def test_a_severity_change_retried_with_its_idempotency_key_is_made_once(api: Api) -> None:
+    await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="outage"))
+    [inc] = await api.incidents()
+    change = {"severity": "SEV-2", "reason": "staging only"}
+    key = {**api.headers, "Idempotency-Key": "req-7f3a"}
+
+    first = await api.post_severity(inc["id"], change, headers=key)
+    again = await api.post_severity(inc["id"], change, headers=key)  # the client's retry
+    other = await api.post_severity(
+        inc["id"], {"severity": "SEV-1", "reason": "worse"}, headers={"Idempotency-Key": "req-2"}
+    )
+
+    assert first[0] == again[0] == other[0] == 200
+    assert again[1] == first[1]
+    manual = [e for e in await incident_events(api.log) if e.data.get("actor")]
+    assert [event_incident(e).severity for e in manual] == ["SEV-2", "SEV-1"]
+    status, body = await api.post_severity(
+        inc["id"], change, headers={"Idempotency-Key": "x" * 300}
+    )
+    assert (status, body["field"]) == (400, "Idempotency-Key")
