@@ -172,8 +172,13 @@ class EventLog(Protocol):
         from_offset: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        last: int | None = None,
     ) -> AsyncIterator[Record]:
-        """Replay: the stored records of ``topics`` (all if None) in log order."""
+        """Replay: the stored records of ``topics`` (all if None) in log order.
+
+        ``last`` keeps only the last ``last`` records of each partition (the embedded log has
+        one per topic): what a relayer reads to see what a relayer that died had published.
+        """
         ...
 
     async def ping(self) -> None:

@@ -203,6 +203,17 @@ class EmbeddedLog:
         args.append(limit)
         return [_to_record(r) for r in self._rconn.execute(sql, args)]
 
+    def _tail_start(self, topic: str, last: int) -> int:
+        """The seq after which the last ``last`` records of ``topic`` lie."""
+        assert self._rconn is not None, "log not started"  # noqa: S101
+        if last < 1:
+            return 1 << 62  # past everything
+        row = self._rconn.execute(
+            "SELECT seq FROM events WHERE topic = ? ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (topic, last - 1),
+        ).fetchone()
+        return 0 if row is None else int(row[0]) - 1
+
     async def read(
         self,
         topics: Sequence[str] | None = None,
@@ -210,8 +221,15 @@ class EmbeddedLog:
         from_offset: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        last: int | None = None,
     ) -> AsyncIterator[Record]:
         after = (from_offset - 1) if from_offset is not None else 0
+        if last is not None:
+            # One partition per topic here: the tail of two topics interleaved is no tail.
+            if topics is None or len(topics) != 1:
+                raise ValueError("read(last=...) takes exactly one topic on the embedded log")
+            topic = topics[0]
+            after = max(after, await self._in_reader(lambda: self._tail_start(topic, last)))
         since_ms = int(since.timestamp() * 1000) if since else None
         until_ms = int(until.timestamp() * 1000) if until else None
         while True:

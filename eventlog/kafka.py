@@ -297,6 +297,7 @@ class KafkaLog:
         from_offset: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        last: int | None = None,
     ) -> AsyncIterator[Record]:
         """Replay without a group, up to the end offsets seen when it starts.
 
@@ -315,7 +316,7 @@ class KafkaLog:
         try:
             async with asyncio.timeout(self.request_timeout):
                 await consumer.start()
-                bounds = await self._seek(consumer, wanted, from_offset, since_ms)
+                bounds = await self._seek(consumer, wanted, from_offset, since_ms, last)
             replay = Replay(consumer, bounds, self.request_timeout, self.topic_prefix)
             async for record, time_ms in replay.merged(until_ms):
                 if (since_ms is None or time_ms >= since_ms) and (
@@ -333,6 +334,7 @@ class KafkaLog:
         topics: Sequence[str],
         from_offset: int | None,
         since_ms: int | None,
+        last: int | None = None,
     ) -> dict[TopicPartition, tuple[int, int]]:
         """Assign every partition of ``topics`` and seek; per partition, (start, end)."""
         assert self._admin is not None  # noqa: S101
@@ -343,6 +345,8 @@ class KafkaLog:
         first = await consumer.beginning_offsets(tps)
         ends = await consumer.end_offsets(tps)
         starts = {tp: max(first[tp], from_offset or 0) for tp in tps}
+        if last is not None:
+            starts = {tp: max(start, ends[tp] - max(last, 0)) for tp, start in starts.items()}
         if since_ms is not None:
             found = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in tps})
             for tp, hit in found.items():

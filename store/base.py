@@ -68,6 +68,8 @@ class StoredEvent:
     seq: int
     topic: str
     envelope: Envelope
+    attempts: int = 0
+    """Relays of it begun before, by relayers that did not finish: it may be in the log."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,32 +14,35 @@ from schemas import Envelope
 from schemas.alertmanager import AlertStatus
 from schemas.incidents import Incident, IncidentAlert, IncidentEventData
 from store.base import (
-    AlertMark,
     GroupState,
     IncidentQuery,
     IncidentWrite,
     OutboxEvent,
-    StoreConflict,
     StoredEvent,
     StoreUnavailable,
+)
+from store.embedded_rows import (
+    load_alerts,
+    load_marks,
+    ms,
+    restore_event,
+    write_group,
+    write_incident,
 )
 from store.embedded_schema import create_or_upgrade
 
 T = TypeVar("T")
-_CHUNK = 500  # values per IN (...) list
 
 
-def _ms(at: datetime | None) -> int | None:
-    return None if at is None else int(at.timestamp() * 1000)
+_RELAY_LOCKS: dict[tuple[str, int], asyncio.Lock] = {}
 
 
-def _resolving_ms(inc: Incident) -> int | None:
-    return _ms(inc.resolving_since) if inc.status == "open" else None
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
+def _relay_lock(path: Path) -> asyncio.Lock:
+    key = (str(path.resolve()), id(asyncio.get_running_loop()))
+    lock = _RELAY_LOCKS.get(key)
+    if lock is None:
+        lock = _RELAY_LOCKS[key] = asyncio.Lock()
+    return lock
 
 
 class EmbeddedStore:
@@ -55,7 +58,6 @@ class EmbeddedStore:
         self._busy_timeout = busy_timeout
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-store")
         self._conn: sqlite3.Connection | None = None
-        self._relay_lock = asyncio.Lock()
 
     async def __aenter__(self) -> EmbeddedStore:
         await self.start()
@@ -129,9 +131,9 @@ class EmbeddedStore:
                 incident = Incident.model_validate_json(row[1]) if row[1] else None
                 group = out[key] = GroupState(key, row[0], incident)
                 fps = list(wanted.get(key, ()))
-                group.marks = _load_marks(conn, key, fps)
+                group.marks = load_marks(conn, key, fps)
                 if incident is not None:
-                    group.alerts = _load_alerts(conn, incident.id, fps)
+                    group.alerts = load_alerts(conn, incident.id, fps)
             return out
 
         return await self._run(load)
@@ -154,7 +156,7 @@ class EmbeddedStore:
             args.append(query.severity)
         if query.since is not None:
             sql += " AND updated_ms >= ?"
-            args.append(_ms(query.since))
+            args.append(ms(query.since))
         sql += " ORDER BY updated_ms DESC, id DESC LIMIT ?"
         args.append(query.limit)
 
@@ -239,9 +241,9 @@ class EmbeddedStore:
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             for group in groups:
-                _write_group(conn, group)
+                write_group(conn, group)
             for w in incidents:
-                _write_incident(conn, w)
+                write_incident(conn, w)
             conn.executemany(
                 "INSERT OR IGNORE INTO incident_events (incident_id, topic, event_id, envelope)"
                 " VALUES (?, ?, ?, ?)",
@@ -262,10 +264,13 @@ class EmbeddedStore:
         self, publish: Callable[[Sequence[StoredEvent]], Awaitable[None]], *, limit: int = 500
     ) -> int | None:
         """Publish up to ``limit`` unrelayed events in order and mark them; None if another
-        relayer of this process holds the relay (the embedded store has one process)."""
-        if self._relay_lock.locked():
+        relayer holds the relay. The embedded store is one process's (``sevpipe run``), so a
+        lock per file and event loop makes its relayers (the stage, replicas of it in tests)
+        take turns; the embedded log drops a repeat by id, should one die mid-way."""
+        lock = _relay_lock(self.path)
+        if lock.locked():
             return None
-        async with self._relay_lock:
+        async with lock:
             pending = await self.unrelayed(limit)
             if pending:
                 await publish(pending)
@@ -289,7 +294,7 @@ class EmbeddedStore:
         def write(conn: sqlite3.Connection) -> None:
             for topic, envelope in events:
                 data = IncidentEventData.model_validate(envelope.data)
-                _restore_event(conn, data)
+                restore_event(conn, data)
                 conn.execute(
                     "INSERT OR IGNORE INTO incident_events"
                     " (incident_id, topic, event_id, envelope, relayed) VALUES (?, ?, ?, ?, 1)",
@@ -297,141 +302,3 @@ class EmbeddedStore:
                 )
 
         await self._run(write, write=True)
-
-
-def _load_marks(conn: sqlite3.Connection, key: str, fps: Sequence[str]) -> dict[str, AlertMark]:
-    out: dict[str, AlertMark] = {}
-    for chunk in _chunks(fps):
-        rows = conn.execute(
-            "SELECT fingerprint, starts_at, status, at, event_id FROM group_marks"  # noqa: S608
-            f" WHERE key = ? AND fingerprint IN ({','.join('?' * len(chunk))})",
-            (key, *chunk),
-        )
-        out.update((r[0], AlertMark(*r[1:])) for r in rows)
-    return out
-
-
-def _load_alerts(
-    conn: sqlite3.Connection, incident_id: str, fps: Sequence[str]
-) -> dict[str, IncidentAlert]:
-    out: dict[str, IncidentAlert] = {}
-    for chunk in _chunks(fps):
-        rows = conn.execute(
-            "SELECT fingerprint, doc FROM incident_alerts"  # noqa: S608 - placeholders only
-            f" WHERE incident_id = ? AND fingerprint IN ({','.join('?' * len(chunk))})",
-            (incident_id, *chunk),
-        )
-        out.update((fp, IncidentAlert.model_validate_json(doc)) for fp, doc in rows)
-    return out
-
-
-def _write_group(conn: sqlite3.Connection, group: GroupState) -> None:
-    incident_id = group.incident.id if group.incident else None
-    if group.version == 0:
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO groups (key, version, incident_id) VALUES (?, 1, ?)",
-            (group.key, incident_id),
-        )
-    else:
-        cur = conn.execute(
-            "UPDATE groups SET version = version + 1, incident_id = ?"
-            " WHERE key = ? AND version = ?",
-            (incident_id, group.key, group.version),
-        )
-    if cur.rowcount != 1:
-        raise StoreConflict(f"group {group.key!r} changed since it was loaded")
-    _write_marks(conn, group.key, {fp: group.marks[fp] for fp in group.changed_marks})
-    _write_alerts(conn, group.changed_alerts)
-
-
-def _write_marks(conn: sqlite3.Connection, key: str, marks: Mapping[str, AlertMark]) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO group_marks (key, fingerprint, starts_at, status, at, event_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [(key, fp, m.starts_at, m.status, m.at, m.event) for fp, m in marks.items()],
-    )
-
-
-def _write_alerts(
-    conn: sqlite3.Connection, alerts: Mapping[tuple[str, str], IncidentAlert]
-) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO incident_alerts (incident_id, fingerprint, status, doc)"
-        " VALUES (?, ?, ?, ?)",
-        [(iid, fp, a.status, a.model_dump_json()) for (iid, fp), a in alerts.items()],
-    )
-
-
-def _incident_row(inc: Incident) -> tuple[object, ...]:
-    return (
-        inc.id,
-        inc.key,
-        inc.status,
-        inc.severity,
-        _ms(inc.opened_at),
-        _ms(inc.updated_at),
-        _resolving_ms(inc),
-        inc.version,
-        inc.model_dump_json(),
-    )
-
-
-def _write_incident(conn: sqlite3.Connection, w: IncidentWrite) -> None:
-    inc = w.incident
-    if w.expected_version == 0:
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO incidents (id, key, status, severity, opened_ms, updated_ms,"
-            " resolving_ms, version, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _incident_row(inc),
-        )
-    else:
-        cur = conn.execute(
-            "UPDATE incidents SET status = ?, severity = ?, updated_ms = ?, resolving_ms = ?,"
-            " version = ?, doc = ? WHERE id = ? AND version = ?",
-            (
-                inc.status,
-                inc.severity,
-                _ms(inc.updated_at),
-                _resolving_ms(inc),
-                inc.version,
-                inc.model_dump_json(),
-                inc.id,
-                w.expected_version,
-            ),
-        )
-    if cur.rowcount != 1:
-        raise StoreConflict(f"incident {inc.id} changed since it was loaded")
-
-
-def _restore_event(conn: sqlite3.Connection, data: IncidentEventData) -> None:
-    inc = data.incident
-    cur = conn.execute(
-        "INSERT INTO incidents (id, key, status, severity, opened_ms, updated_ms, resolving_ms,"
-        " version, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-        " status = excluded.status, severity = excluded.severity,"
-        " updated_ms = excluded.updated_ms, resolving_ms = excluded.resolving_ms,"
-        " version = excluded.version, doc = excluded.doc"
-        " WHERE excluded.version > incidents.version",
-        _incident_row(inc),
-    )
-    if cur.rowcount != 1:
-        return  # an event older than what is stored: its alerts are older too
-    _write_alerts(conn, {(inc.id, a.fingerprint): a for a in data.alerts})
-    # A late event about an older incident of the key (say, a severity set by hand after
-    # the group moved on) must not make that incident the group's current one again.
-    cur = conn.execute(
-        "INSERT INTO groups (key, version, incident_id) VALUES (?, 1, ?)"
-        " ON CONFLICT (key) DO UPDATE SET version = groups.version + 1,"
-        " incident_id = excluded.incident_id"
-        " WHERE groups.incident_id = excluded.incident_id OR ? >= COALESCE("
-        " (SELECT opened_ms FROM incidents WHERE id = groups.incident_id), 0)",
-        (inc.key, inc.id, _ms(inc.opened_at)),
-    )
-    if cur.rowcount == 1:
-        _write_marks(conn, inc.key, {a.fingerprint: _mark_of(a) for a in data.alerts})
-
-
-def _mark_of(alert: IncidentAlert) -> AlertMark:
-    starts = alert.starts_at.isoformat() if alert.starts_at else "-"
-    at = alert.ends_at.isoformat() if alert.status == "resolved" and alert.ends_at else ""
-    return AlertMark(starts, alert.status, at)

@@ -287,19 +287,28 @@ class PostgresStore:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
                 return None
             rows = await conn.fetch(
-                "SELECT seq, topic, envelope FROM incident_events WHERE NOT relayed"
-                " ORDER BY seq LIMIT $1",
+                "SELECT seq, topic, envelope, relay_attempts FROM incident_events"
+                " WHERE NOT relayed ORDER BY seq LIMIT $1",
                 limit,
             )
             if not rows:
                 return 0
-            pending = [StoredEvent(q, t, Envelope.model_validate_json(e)) for q, t, e in rows]
-            await publish(pending)
-            await conn.execute(
-                "UPDATE incident_events SET relayed = true WHERE seq = ANY($1::bigint[])",
-                [p.seq for p in pending],
+            seqs = [r[0] for r in rows]
+            # Counted outside this transaction, so that it outlives a relayer killed after
+            # publishing and before its marks commit.
+            async with self._connection() as other:
+                await other.execute(
+                    "UPDATE incident_events SET relay_attempts = relay_attempts + 1"
+                    " WHERE seq = ANY($1::bigint[])",
+                    seqs,
+                )
+            await publish(
+                [StoredEvent(q, t, Envelope.model_validate_json(e), n) for q, t, e, n in rows]
             )
-            return len(pending)
+            await conn.execute(
+                "UPDATE incident_events SET relayed = true WHERE seq = ANY($1::bigint[])", seqs
+            )
+            return len(rows)
 
     async def reset(self) -> None:
         async with self._connection() as conn:

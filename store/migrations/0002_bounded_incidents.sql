@@ -54,3 +54,7 @@ SET resolving_ms = (extract(epoch FROM (doc->>'resolving_since')::timestamptz) *
 WHERE status = 'open' AND doc->>'resolving_since' IS NOT NULL;
 
 CREATE INDEX incidents_resolving ON incidents (resolving_ms) WHERE resolving_ms IS NOT NULL;
+
+-- A relayer counts its attempt before it publishes: a row it leaves unmarked (it died) may be
+-- in the log already, and the next relayer looks there before publishing it again.
+ALTER TABLE incident_events ADD COLUMN relay_attempts integer NOT NULL DEFAULT 0;
