@@ -114,7 +114,7 @@ async def drain(stage: ClassifierStage, sub: Subscription, *, commit: bool = Tru
         records = await sub.fetch(500, max_wait=0.01)
         if not records:
             return count
-        await stage.process(records)
+        await stage.handle(records)
         if commit:
             await sub.commit()
         count += len(records)

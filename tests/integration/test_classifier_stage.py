@@ -556,3 +556,45 @@ async def test_backtest_reports_exactly_the_incidents_whose_severity_differs(
     for c in report.changed:
         assert c.old == stored[c.key].severity  # "old" is what the live stage decided
         assert c.why
+
+
+# -- resolve grace from event time --------------------------------------------------------------
+
+GRACE_POLICY = "resolve_grace: 5m\n"
+
+
+async def test_grace_expiry_follows_event_time_so_a_replay_decides_the_same(
+    tmp_path: Path,
+) -> None:
+    """The grace period runs on the events' own clock: long-past alerts do not resolve an
+    incident because the wall clock says so, and rebuild and backtest agree with the stage."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(GRACE_POLICY, encoding="utf-8")
+    policy = load_policy(policy_file)
+    svc = {"service": "checkout"}
+    async with open_backends(tmp_path) as b:
+        stage = new_stage(b.log, b.store, policy)
+        sub = b.log.subscribe([TOPIC_ALERTS], CONSUMER_GROUP)
+
+        async def post(gk: str, alert: dict[str, Any], minutes: int) -> None:
+            await append_webhook(b.log, webhook(gk, alert), at=T0 + timedelta(minutes=minutes))
+            await drain(stage, sub)
+
+        await post(GK_CHECKOUT, alert_json("c1", labels=svc), 0)
+        await post(GK_CHECKOUT, alert_json("c1", "resolved", labels=svc), 1)
+        await post(GK_SEARCH, alert_json("s1", service="search"), 3)
+        [checkout] = [i for i in await all_incidents(b.store) if i.key == GK_CHECKOUT]
+        # T0 is months ago by the wall clock, but only 3 minutes have passed in the log.
+        assert checkout.status == "open"
+        assert checkout.resolving_since == T0 + timedelta(minutes=1)
+
+        await post(GK_SEARCH, alert_json("s2", service="search"), 7)  # the log's clock passes 6m
+        after = await b.store.get_incident(checkout.id)
+        assert after is not None
+        assert (after.status, after.resolved_at) == ("resolved", T0 + timedelta(minutes=6))
+        live = await snapshot(b.store)
+
+        assert await rebuild_store(b.store, b.log) == len(await incident_events(b.log))
+        assert await snapshot(b.store) == live
+        report = await backtest(b.log, policy, policy)
+        assert (report.incidents, report.changed) == (2, [])
