@@ -266,8 +266,9 @@ class CommitNeverReturns:
         from_offset: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        last: int | None = None,
     ) -> AsyncIterator[Record]:
-        return self.inner.read(topics, from_offset=from_offset, since=since, until=until)
+        return self.inner.read(topics, from_offset=from_offset, since=since, until=until, last=last)
 
     async def ping(self) -> None:
         await self.inner.ping()

@@ -35,7 +35,7 @@ CREATE TABLE incident_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, incident_id
 
 
 def old_incident() -> dict[str, Any]:
-    alerts = [
+    alerts: list[dict[str, Any]] = [
         {
             "fingerprint": f,
             "alertname": "Old",

@@ -146,10 +146,15 @@ class MemoryLog:
         from_offset: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        last: int | None = None,
     ) -> AsyncIterator[Record]:
-        for i, (topic, env) in enumerate(self.appended):
-            if topics is None or topic in topics:
-                yield Record(topic, 0, i, env.subject, env)
+        found = [
+            Record(topic, 0, i, env.subject, env)
+            for i, (topic, env) in enumerate(self.appended)
+            if topics is None or topic in topics
+        ]
+        for record in found[-last:] if last else found if last is None else []:
+            yield record
 
     async def ping(self) -> None:
         return
