@@ -10,18 +10,14 @@ the effect run again as a first attempt, without its check.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
-from store.base import StoreUnavailable
 from store.effects import (
     Claim,
     Claimed,
@@ -37,8 +33,7 @@ from store.effects import (
     dump_outcome,
     fence,
 )
-
-T = TypeVar("T")
+from store.sqlite_worker import SqliteWorker
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS effects (
@@ -93,66 +88,16 @@ def _next_token(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-class EmbeddedEffectsLedger:
+class EmbeddedEffectsLedger(SqliteWorker):
+    NAME = "effects ledger"
+    THREAD = "sevpipe-effects"
+
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
-        self.path = path
-        self._busy_timeout = busy_timeout
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-effects")
-        self._conn: sqlite3.Connection | None = None
+        # FULL whatever the store uses: see the module's docstring.
+        super().__init__(path, synchronous="full", busy_timeout=busy_timeout)
 
-    async def __aenter__(self) -> EmbeddedEffectsLedger:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
         conn.executescript(_SCHEMA)
-        self._conn = conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
-        def call() -> T:
-            conn = self._conn
-            if conn is None:
-                raise StoreUnavailable("effects ledger is closed")
-            if not write:
-                return fn(conn)
-            # IMMEDIATE takes the write lock before reading, so two processes sharing the
-            # file cannot both read "free" and both grant a claim.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return result
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"effects ledger {self.path}: {exc}") from exc
-        except RuntimeError as exc:  # the pool was shut down: the ledger is closed
-            raise StoreUnavailable(f"effects ledger {self.path} is closed") from exc
-
-    async def start(self) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._open)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open effects ledger {self.path}: {exc}") from exc
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
-        self._pool.shutdown(wait=True)
 
     async def get(self, effect_id: str) -> EffectRecord | None:
         check_id(effect_id)

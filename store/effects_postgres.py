@@ -9,15 +9,12 @@ tell a repeated call (no-op) from a stale token.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 
 import asyncpg
 import orjson
 
-from store.base import StoreConflict, StoreError, StoreUnavailable
+from store.base import StoreConflict
 from store.effects import (
     Claim,
     Claimed,
@@ -34,16 +31,7 @@ from store.effects import (
     dump_outcome,
     fence,
 )
-from store.migrations import migrate
-
-# The server or the network is (for now) not there: wait and try again.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.InterfaceError,
-    OSError,  # ConnectionRefusedError, resets, and TimeoutError
-)
+from store.pg_pool import PgPool
 
 _COLUMNS = "effect_id, state, token, holder, lease_until, attempts, outcome, error, updated_at"
 _LEASE = "clock_timestamp() + make_interval(secs => $3::float8)"
@@ -87,19 +75,6 @@ RETURNING lease_until
 """
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    """asyncpg's and the network's errors as the store's (retriable or not)."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"postgres unavailable: {type(exc).__name__}: {exc}") from exc
-    except asyncpg.exceptions.TransactionRollbackError as exc:
-        raise StoreConflict(f"postgres rolled back: {exc}") from exc
-    except asyncpg.PostgresError as exc:
-        raise StoreError(f"postgres: {type(exc).__name__}: {exc}") from exc
-
-
 def _record(row: asyncpg.Record) -> EffectRecord:
     outcome = row["outcome"]
     return EffectRecord(
@@ -115,68 +90,25 @@ def _record(row: asyncpg.Record) -> EffectRecord:
     )
 
 
-class PostgresEffectsLedger:
+class PostgresEffectsLedger(PgPool):
+    NAME = "effects ledger"
+
     def __init__(
         self,
         dsn: str,
         *,
         min_size: int = 1,
-        max_size: int = 5,
+        max_size: int = 5,  # smaller than the store's 10: what this __init__ is here for
         command_timeout: float = 5.0,
         migration_timeout: float = 300.0,
     ) -> None:
-        self._dsn = dsn  # may hold a password: never logged
-        self._min_size = min_size
-        self._max_size = max_size
-        self._command_timeout = command_timeout
-        self._migration_timeout = migration_timeout
-        self._pool: asyncpg.Pool | None = None
-
-    async def __aenter__(self) -> PostgresEffectsLedger:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Open the pool and bring the schema up to date; ``StoreUnavailable`` if unreachable."""
-        if self._pool is not None:
-            return
-        with _translated():
-            pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                command_timeout=self._command_timeout,
-                timeout=self._command_timeout,
-            )
-        try:
-            with _translated():
-                async with pool.acquire(timeout=self._command_timeout) as conn:
-                    await migrate(conn, statement_timeout=self._migration_timeout)
-        except BaseException:
-            pool.terminate()
-            raise
-        self._pool = pool
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), timeout=self._command_timeout)
-        except _UNAVAILABLE:  # TimeoutError is an OSError
-            pool.terminate()
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable("effects ledger is closed")
-        with _translated():
-            async with pool.acquire(timeout=self._command_timeout) as conn:
-                yield conn
+        super().__init__(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            migration_timeout=migration_timeout,
+        )
 
     async def get(self, effect_id: str) -> EffectRecord | None:
         check_id(effect_id)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, TypeVar
 
 from schemas import Envelope
 from schemas.alertmanager import AlertStatus
@@ -19,7 +17,6 @@ from store.base import (
     IncidentWrite,
     OutboxEvent,
     StoredEvent,
-    StoreUnavailable,
 )
 from store.embedded_rows import (
     load_alerts,
@@ -30,9 +27,7 @@ from store.embedded_rows import (
     write_incident,
 )
 from store.embedded_schema import create_or_upgrade
-
-T = TypeVar("T")
-
+from store.sqlite_worker import SqliteWorker
 
 _RELAY_LOCKS: dict[tuple[str, int], asyncio.Lock] = {}
 
@@ -45,71 +40,12 @@ def _relay_lock(path: Path) -> asyncio.Lock:
     return lock
 
 
-class EmbeddedStore:
-    def __init__(
-        self,
-        path: Path,
-        *,
-        synchronous: Literal["full", "normal"] = "full",
-        busy_timeout: float = 5.0,
-    ) -> None:
-        self.path = path
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sevpipe-store")
-        self._conn: sqlite3.Connection | None = None
+class EmbeddedStore(SqliteWorker):
+    NAME = "store"
+    THREAD = "sevpipe-store"
 
-    async def __aenter__(self) -> EmbeddedStore:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
         create_or_upgrade(conn)
-        self._conn = conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
-        def call() -> T:
-            conn = self._conn
-            if conn is None:
-                raise StoreUnavailable("store is closed")
-            if not write:
-                return fn(conn)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return result
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"store {self.path}: {exc}") from exc
-        except RuntimeError as exc:  # the pool was shut down: the store is closed
-            raise StoreUnavailable(f"store {self.path} is closed") from exc
-
-    async def start(self) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._open)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, conn.close)
-        self._pool.shutdown(wait=True)
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -9,17 +9,7 @@ server answers again.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Collection,
-    Iterator,
-    Mapping,
-    Sequence,
-)
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,104 +24,17 @@ from store.base import (
     IncidentQuery,
     IncidentWrite,
     OutboxEvent,
-    StoreConflict,
     StoredEvent,
-    StoreError,
-    StoreUnavailable,
 )
-from store.migrations import migrate
+from store.pg_pool import PgPool
 from store.postgres_writes import ms, pg, restore_event, unpg, write_groups, write_incidents
 
 # Key of the advisory lock a relayer holds while it publishes the outbox ("relay" + 1).
 RELAY_LOCK = 0x72656C617901
 
-# The server or the network is (for now) not there: wait and try again.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutdown, cannot connect now, timeouts
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-    asyncpg.InterfaceError,  # the connection was closed under us
-    OSError,  # ConnectionRefusedError, resets, and TimeoutError
-)
 
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """asyncpg's and the network's errors as the store's (retriable or not)."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"postgres unavailable: {type(exc).__name__}: {exc}") from exc
-    except asyncpg.exceptions.TransactionRollbackError as exc:
-        # A deadlock or serialisation failure: the transaction wrote nothing; decide again.
-        raise StoreConflict(f"postgres rolled back: {exc}") from exc
-    except asyncpg.PostgresError as exc:
-        raise StoreError(f"postgres: {type(exc).__name__}: {exc}") from exc
-
-
-class PostgresStore:
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        min_size: int = 1,
-        max_size: int = 10,
-        command_timeout: float = 5.0,
-        migration_timeout: float = 300.0,
-    ) -> None:
-        self._dsn = dsn  # may hold a password: never logged
-        self._min_size = min_size
-        self._max_size = max_size
-        self._command_timeout = command_timeout
-        self._migration_timeout = migration_timeout
-        self._pool: asyncpg.Pool | None = None
-
-    async def __aenter__(self) -> PostgresStore:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def start(self) -> None:
-        """Open the pool and bring the schema up to date; ``StoreUnavailable`` if unreachable."""
-        if self._pool is not None:
-            return
-        with _translated():
-            pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=self._min_size,
-                max_size=self._max_size,
-                command_timeout=self._command_timeout,
-                timeout=self._command_timeout,  # connecting, too, must not hang the stage
-            )
-        try:
-            with _translated():
-                async with pool.acquire(timeout=self._command_timeout) as conn:
-                    await migrate(conn, statement_timeout=self._migration_timeout)
-        except BaseException:
-            pool.terminate()
-            raise
-        self._pool = pool
-
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), timeout=self._command_timeout)
-        except _UNAVAILABLE:  # TimeoutError is an OSError
-            # Shutdown must finish: whatever did not close politely is cut.
-            pool.terminate()
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable("store is closed")
-        with _translated():
-            async with pool.acquire(timeout=self._command_timeout) as conn:
-                yield conn
+class PostgresStore(PgPool):
+    NAME = "store"
 
     # -- reads -----------------------------------------------------------------------------
 

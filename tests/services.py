@@ -7,6 +7,7 @@ session to start them. A missing service fails the tests that need it; nothing i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -102,12 +103,34 @@ async def _admin(dsn: str, sql: str) -> None:
         await conn.close()
 
 
+def _database(services: Services, prefix: str) -> tuple[str, str, str]:
+    """A fresh database's (CREATE, DROP, DSN), on the shared server."""
+    name = unique_name(prefix).replace("-", "_")
+    return (
+        f'CREATE DATABASE "{name}"',
+        f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',  # FORCE: a test may leave sessions
+        urlsplit(services.postgres_dsn)._replace(path=f"/{name}").geturl(),
+    )
+
+
 @contextlib.asynccontextmanager
 async def fresh_database(services: Services, prefix: str) -> AsyncIterator[str]:
     """A new, empty PostgreSQL database for one test; its DSN, dropped afterwards."""
-    name = unique_name(prefix).replace("-", "_")
-    await _admin(services.postgres_dsn, f'CREATE DATABASE "{name}"')
+    create, drop, dsn = _database(services, prefix)
+    await _admin(services.postgres_dsn, create)
     try:
-        yield urlsplit(services.postgres_dsn)._replace(path=f"/{name}").geturl()
+        yield dsn
     finally:
-        await _admin(services.postgres_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _admin(services.postgres_dsn, drop)
+
+
+@contextlib.contextmanager
+def fresh_database_sync(services: Services, prefix: str) -> Iterator[str]:
+    """``fresh_database`` outside any event loop: for a module-scoped (synchronous) fixture,
+    whose database outlives each test's own event loop."""
+    create, drop, dsn = _database(services, prefix)
+    asyncio.run(_admin(services.postgres_dsn, create))
+    try:
+        yield dsn
+    finally:
+        asyncio.run(_admin(services.postgres_dsn, drop))

@@ -14,11 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
-from services import Services, unique_name
+from services import Services, fresh_database_sync, unique_name
 
 from eventlog import EmbeddedLog, EventLog, KafkaLog
 from runtime.relay import relay_outbox
@@ -39,21 +37,8 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pg_dsn(services: Services) -> Iterator[str]:
-    name = unique_name("sevpipe_relay").replace("-", "_")
-    admin = services.postgres_dsn
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlsplit(admin)._replace(path=f"/{name}").geturl()
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database_sync(services, "sevpipe_relay") as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=["embedded", "kafka+postgres"])

@@ -6,16 +6,13 @@ for this module and dropped after it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
-from services import Services, unique_name
+from services import Services, fresh_database_sync
 
 from schemas import TOPIC_INCIDENTS, Envelope, new_event_id
 from schemas.alertmanager import AlertStatus
@@ -48,21 +45,8 @@ Opener = Callable[[], AbstractAsyncContextManager[IncidentStore]]
 @pytest.fixture(scope="module")
 def pg_dsn(services: Services) -> Iterator[str]:
     """A database of its own for this module, on the shared test server."""
-    name = unique_name("sevpipe_contract").replace("-", "_")
-    admin = services.postgres_dsn
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlsplit(admin)._replace(path=f"/{name}").geturl()
-    finally:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_database_sync(services, "sevpipe_contract") as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=["embedded", "postgres"])

@@ -7,11 +7,10 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
-from services import Services, unique_name
+from services import Services, fresh_database
 
 from store import EmbeddedStore, IncidentStore, PostgresStore
 from store.base import AlertMark
@@ -109,15 +108,7 @@ async def test_an_embedded_store_of_the_old_shape_is_upgraded_in_place(tmp_path:
 
 
 async def test_a_postgres_store_of_the_old_shape_is_migrated(services: Services) -> None:
-    name = unique_name("sevpipe_upgrade").replace("-", "_")
-    admin = await asyncpg.connect(services.postgres_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = urlsplit(services.postgres_dsn)._replace(path=f"/{name}").geturl()
-    try:
+    async with fresh_database(services, "sevpipe_upgrade") as dsn:
         conn = await asyncpg.connect(dsn)
         try:
             first = migrations()[0]
@@ -151,9 +142,3 @@ async def test_a_postgres_store_of_the_old_shape_is_migrated(services: Services)
 
         async with PostgresStore(dsn) as store:
             await assert_upgraded(store)
-    finally:
-        admin = await asyncpg.connect(services.postgres_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
