@@ -57,6 +57,11 @@ async def test_classifier_waits_out_a_postgres_outage(dsn: str, tmp_path: Path) 
         await append_webhook(log, webhook("before", alert_json("a1")))
         await _until(lambda: _has(keys, "before"), "the first incident")
 
+        async def committed() -> bool:  # stored is not yet relayed and committed
+            return not await log.subscribe([TOPIC_ALERTS], stage.group).fetch(1, max_wait=0.0)
+
+        await _until(committed, "the first batch committed")
+
         await proxy.cut()
         during = await append_webhook(log, webhook("during", alert_json("b1")))
         await asyncio.sleep(1.0)  # several failed attempts and backoffs
