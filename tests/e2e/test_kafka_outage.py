@@ -35,7 +35,7 @@ REQUEST_TIMEOUT = 15.0  # longer than the log's own deadline (5 s) for an append
 OKS_BEFORE = 60  # 200s before Kafka is killed
 OKS_AFTER = 60  # 200s after it is back, before the clients stop
 PHASE_TIMEOUT = 60.0
-CATCH_UP_TIMEOUT = 40.0
+CATCH_UP_TIMEOUT = 90.0  # the stages back off (jittered, up to 30 s) while Kafka is away
 POLL = 0.1
 TEST_TIMEOUT = 170.0
 BASE_TIME = datetime(2026, 3, 4, 6, 0, tzinfo=UTC)
