@@ -185,7 +185,7 @@ async def test_incident_json_round_trips_exactly(store: IncidentStore) -> None:
         }
     )
     opened = event(inc, "incident.opened")
-    marks = {"f\x00": AlertMark(odd, "firing", odd)}
+    marks = {"f\x00": AlertMark(odd, "firing", odd, "01JNQ0000000000000000000EV")}
     odd_alert = IncidentAlert(
         fingerprint="f\x00",
         status="firing",
