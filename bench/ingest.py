@@ -7,12 +7,17 @@ else is using it) moves both sides alike.
 
 The load comes from separate worker processes, each keeping its share of ``--concurrency``
 requests in flight on keep-alive connections, with bodies pre-serialised into a template that
-gets fresh fingerprints and startsAt per request (nothing is a repeat). After the sevpipe run
-the server is killed with SIGKILL and the SQLite log is counted: every alert answered 200
-must be in it.
+gets fresh fingerprints and startsAt per request (nothing is a repeat). With ``sevpipe run``
+the classifier folds behind the receiver at its full rate: the incidents topic is watched
+(bench/fold.py) for the fold rate, each alert's 200 -> its incident change (p99 target
+<= 1 s), the share folded when the load ended, bytes per alert and the peak RSS, once per
+``--groups`` count, and the one-group figures are printed beside the many-group ones. After
+each sevpipe run (and its catch-up) the server is killed with SIGKILL and the SQLite log is
+counted: every alert answered 200 must be in it.
 
-    .venv/bin/python bench/ingest.py            # 10 s per side
-    .venv/bin/python bench/ingest.py --quick    # ~2 s smoke run
+    .venv/bin/python -m bench.ingest            # 10 s per side, many groups then one
+    .venv/bin/python -m bench.ingest --quick    # ~2 s smoke run
+    .venv/bin/python -m bench.ingest --groups 1 # every alert in one Alertmanager group
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import signal
@@ -39,11 +45,26 @@ import orjson
 import uvloop
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
+from bench.fold import (
+    TARGET_BYTES_PER_ALERT,
+    EmbeddedWatcher,
+    Fold,
+    Row,
+    fingerprint_of,
+    fold_of,
+    pct,
+    peak_rss_mb,
+    print_table,
+)
 from schemas import TOPIC_ALERTS, AlertEventData, Envelope, Webhook
 
 ALERTS_PER_WEBHOOK = 10
 TARGET_RATIO = 0.5
 TARGET_ALERTS_PER_S = 20_000
+TARGET_FOLD_RATIO = 0.80  # one group against many (issue 7)
+TARGET_P99_CHANGE_MS = 1000.0
+REPO = Path(__file__).resolve().parents[1]
+SELF = (sys.executable, "-m", "bench.ingest")  # the load workers and the baseline server
 BANNER = re.compile(r"listening on (http://\S+?)[\s(]")
 STARTUP_TIMEOUT = 30.0
 
@@ -63,10 +84,12 @@ def _slot(name: str) -> str:
     return f"@@{name}@@"
 
 
-def _webhook_template(variant: int) -> bytes:
+def _webhook_template(variant: int, *, fixed_groups: bool = False) -> bytes:
     """A 10-alert body with ``%(name)s`` slots: group ``g``, startsAt ``sN``, fingerprint ``fN``.
 
-    Grouped as Alertmanager's ``group_by: [alertname, namespace, deployment]`` would send it.
+    Grouped as Alertmanager's ``group_by: [alertname, namespace, deployment]`` would send it;
+    with ``fixed_groups``, as ``group_by: [bench_group]``: group ``g`` is one group whatever
+    the alert (``--groups 1`` puts every alert of every worker into one group).
     """
     alertname, severity, impact, summary = _KINDS[variant % len(_KINDS)]
     namespace = _NAMESPACES[(variant // len(_KINDS)) % len(_NAMESPACES)]
@@ -110,6 +133,11 @@ def _webhook_template(variant: int) -> bytes:
                 "fingerprint": _slot(f"f{i}"),
             }
         )
+    if fixed_groups:
+        group = {"bench_group": _slot("g")}
+        common = {**common, **group}
+        for alert in alerts:
+            alert["labels"] = {**alert["labels"], **group}  # type: ignore[dict-item]
     group_key = ", ".join(f'{k}="{v}"' for k, v in group.items())
     body = {
         "receiver": "sevpipe",
@@ -120,7 +148,9 @@ def _webhook_template(variant: int) -> bytes:
         "commonAnnotations": {"summary": summary},
         "externalURL": "http://alertmanager.monitoring:9093",
         "version": "4",
-        "groupKey": f'{{}}/{{severity="{severity}"}}:{{{group_key}}}',
+        "groupKey": f"{{}}:{{{group_key}}}"
+        if fixed_groups
+        else f'{{}}/{{severity="{severity}"}}:{{{group_key}}}',
         "truncatedAlerts": 0,
     }
     raw = orjson.dumps(body).replace(b"%", b"%%")
@@ -131,13 +161,15 @@ class Bodies:
     """Pre-serialised webhook bodies; ``next()`` fills a template's slots with fresh values.
 
     Every alert gets a fingerprint and startsAt of its own (nothing is a repeat). Webhooks
-    cycle through ``groups`` alert groups (incidents), or each is a group of its own if 0.
+    cycle through ``groups`` alert groups (incidents), the same ones in every worker, or each
+    is a group of its own if 0. The fingerprint of alert ``i`` of webhook ``seq`` is
+    ``bench.fold.fingerprint_of(worker, seq, i)``.
     """
 
     def __init__(self, worker: int, groups: int = 0, variants: int = 16) -> None:
         self.worker = worker
         self.groups = groups
-        self.templates = [_webhook_template(v) for v in range(variants)]
+        self.templates = [_webhook_template(v, fixed_groups=groups > 0) for v in range(variants)]
         self.seq = 0
         self.base = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=worker)
         self.starts_keys = [b"s%d" % i for i in range(ALERTS_PER_WEBHOOK)]
@@ -146,10 +178,12 @@ class Bodies:
     def next(self) -> bytes:
         self.seq += 1
         seq = self.seq
-        group = seq % self.groups if self.groups else seq
         # startsAt to the millisecond by sequence, plus the alert's index in microseconds
         millis = (self.base + timedelta(milliseconds=seq)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        values = {b"g": b"%02x%06x" % (self.worker, group)}
+        if self.groups:
+            values = {b"g": b"%06x" % (seq % self.groups)}
+        else:
+            values = {b"g": b"%02x%06x" % (self.worker, seq)}
         for i, (s, f) in enumerate(zip(self.starts_keys, self.fingerprint_keys, strict=True)):
             values[s] = b"%s%03dZ" % (millis.encode(), i)
             values[f] = b"%02x%012x%02x" % (self.worker, seq, i)
@@ -229,8 +263,9 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
     path = "/" + url.split("//", 1)[1].split("/", 1)[1]
-    bodies = Bodies(args.worker, args.groups)
+    bodies = Bodies(args.worker, args.groups[0])
     latencies: list[float] = []
+    acks: list[tuple[int, float]] = []  # (seq, wall time of its 200): for bench.fold
     counts = {"ok": 0, "ok_alerts_total": 0, "errors": 0}
     session: ClientSession | None = None
     if args.client == "aiohttp":
@@ -264,6 +299,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         try:
             while (started := time.perf_counter()) < stop:
                 body = bodies.next()
+                seq = bodies.seq
                 try:
                     status = await send(body)
                 except (ClientError, OSError, TimeoutError):
@@ -271,6 +307,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
                 ended = time.perf_counter()
                 if status == 200:
                     counts["ok_alerts_total"] += ALERTS_PER_WEBHOOK
+                    acks.append((seq, time.time()))
                 if started < measure_from:
                     continue
                 if status == 200:
@@ -291,6 +328,7 @@ async def _load(args: argparse.Namespace) -> dict[str, Any]:
         "elapsed": elapsed,
         "latencies": latencies,
         "cpu": (time.process_time() - cpu0) / max(time.perf_counter() - t0, 1e-9),
+        "acks": acks,
     }
 
 
@@ -358,11 +396,19 @@ class Result:
         )
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child process: no ``SEVPIPE_*`` setting, and ``bench`` importable
+    (it is no installed package)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEVPIPE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
 class Server:
     """A server subprocess whose stdout/stderr go to files; ready when it prints its URL."""
 
     def __init__(self, argv: list[str], workdir: Path, name: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEVPIPE_")}
+        env = child_env()
         self.out = workdir / f"{name}.out"
         self.err = workdir / f"{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
@@ -390,29 +436,35 @@ class Server:
         self.proc.wait(timeout=30)
 
 
-def _run_load(url: str, args: argparse.Namespace) -> dict[str, Any]:
+def _run_load(url: str, args: argparse.Namespace, groups: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sevpipe-bench-load-") as tmp:
-        return _run_load_in(url, args, Path(tmp))
+        return _run_load_in(url, args, Path(tmp), groups)
 
 
-def _run_load_in(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def _run_load_in(url: str, args: argparse.Namespace, workdir: Path, groups: int) -> dict[str, Any]:
     start_at = time.time() + 1.0  # all workers import and connect, then start together
     procs = []
     outs = [workdir / f"load{w}.json" for w in range(args.workers)]
     for w, out in enumerate(outs):
         share = args.concurrency // args.workers + (w < args.concurrency % args.workers)
-        argv = [sys.executable, __file__, "--role", "load", "--url", f"{url}/api/v1/alerts"]
+        argv = [*SELF, "--role", "load", "--url", f"{url}/api/v1/alerts"]
         argv += ["--worker", str(w), "--concurrency", str(share), "--start-at", str(start_at)]
         argv += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
-        argv += ["--client", args.client, "--groups", str(args.groups), "--out", str(out)]
-        procs.append(subprocess.Popen(argv))
+        argv += ["--client", args.client, "--groups", str(groups), "--out", str(out)]
+        procs.append(subprocess.Popen(argv, env=child_env()))
     parts = []
     for p, out in zip(procs, outs, strict=True):
         if p.wait() != 0:
             raise RuntimeError(f"load worker failed with exit code {p.returncode}")
         parts.append(json.loads(out.read_bytes()))
+    acks = [
+        (t, [fingerprint_of(w, seq, i) for i in range(ALERTS_PER_WEBHOOK)])
+        for w, part in enumerate(parts)
+        for seq, t in part["acks"]
+    ]
     return {
         "start_at": start_at,
+        "acks": acks,
         "ok": sum(p["ok"] for p in parts),
         "ok_alerts_total": sum(p["ok_alerts_total"] for p in parts),
         "errors": sum(p["errors"] for p in parts),
@@ -422,20 +474,30 @@ def _run_load_in(url: str, args: argparse.Namespace, workdir: Path) -> dict[str,
     }
 
 
-def _measure(name: str, server: Server, args: argparse.Namespace) -> Result:
+@dataclass
+class Measured:
+    result: Result
+    start_at: float
+    acks: list[tuple[float, list[str]]]
+    """(wall time of a 200, the fingerprints of that webhook's alerts), warm-up included."""
+
+
+def _measure(name: str, server: Server, args: argparse.Namespace, groups: int = 0) -> Measured:
     url = server.wait_url()
     cpu0 = server.cpu_seconds()
-    load = _run_load(url, args)
-    cpu = (server.cpu_seconds() - cpu0) / (time.time() - load.pop("start_at"))
-    return Result(name, server_cpu=cpu, **load)
+    load = _run_load(url, args, groups)
+    start_at, acks = load.pop("start_at"), load.pop("acks")
+    cpu = (server.cpu_seconds() - cpu0) / (time.time() - start_at)
+    return Measured(Result(name, server_cpu=cpu, **load), start_at, acks)
 
 
 def _count_log(db: Path) -> tuple[int, int]:
-    """Events on the alerts topic, and how many distinct dedup keys; checks a sample's shape."""
+    """Events on the alerts topic, and how many distinct alerts; checks a sample's shape."""
     conn = sqlite3.connect(db)
     try:
         count, distinct = conn.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT dedup_key) FROM events WHERE topic = ?",
+            "SELECT COUNT(*), COUNT(DISTINCT COALESCE(dedup_key, latest_key)) FROM events"
+            " WHERE topic = ?",
             (TOPIC_ALERTS,),
         ).fetchone()
         for (blob,) in conn.execute(
@@ -448,42 +510,160 @@ def _count_log(db: Path) -> tuple[int, int]:
     return int(count), int(distinct)
 
 
-def _round(args: argparse.Namespace, workdir: Path, n: int) -> tuple[Result, Result, bool]:
-    base = Server([sys.executable, __file__, "--role", "baseline"], workdir, f"baseline{n}")
-    try:
-        baseline = _measure("baseline", base, args)
-    finally:
-        base.stop(signal.SIGTERM)
-    print(baseline.line(), flush=True)
+def groups_label(groups: int) -> str:
+    return "1 group/webhook" if groups == 0 else f"{groups:,} group" + ("s" if groups > 1 else "")
 
-    data_dir = workdir / f"sevpipe{n}"
+
+@dataclass
+class Run:
+    """One ``sevpipe run`` under load with ``groups`` alert groups."""
+
+    groups: int
+    result: Result
+    fold: Fold
+    rss_mb: float
+    ratio: float  # alerts/s against the round's baseline
+    durable: bool
+
+
+def _sevpipe_run(
+    args: argparse.Namespace, workdir: Path, name: str, groups: int, baseline: Result
+) -> Run:
+    """``sevpipe run`` at full rate; then until every alert answered 200 is folded (or
+    ``--catch-up`` s), its peak RSS, kill -9, and the log counted."""
+    data_dir = workdir / name
     argv = [sys.executable, "-m", "sevpipe", args.command, "--data-dir", str(data_dir)]
     argv += ["--port", "0"]
-    sev = Server(argv, workdir, f"sevpipe{n}")
+    sev = Server(argv, workdir, name)
+    sev.wait_url()  # the log and its tables are there
+    watcher = EmbeddedWatcher(data_dir / "events.db").start()
     try:
-        sevpipe = _measure("sevpipe", sev, args)
+        measured = _measure("sevpipe", sev, args, groups)
+        if args.command == "run":
+            watcher.wait_for([fp for _, fps in measured.acks for fp in fps], args.catch_up)
+        rss = peak_rss_mb(sev.proc.pid)
     finally:
         sev.stop(signal.SIGKILL)  # no graceful close: a 200 must already be committed
-    print(sevpipe.line(), flush=True)
+        seen = watcher.stop()
+    sevpipe = measured.result
+    print(f"{sevpipe.line()}  [{groups_label(groups)}]", flush=True)
+    fold = fold_of(measured.acks, seen, measured.start_at)
+    if args.command == "run":
+        print(f"{fold.line()}; peak RSS {rss:,.0f} MB", flush=True)
 
     logged, distinct = _count_log(data_dir / "events.db")
     durable = logged == distinct == sevpipe.ok_alerts_total
     verdict = "OK" if durable else "MISMATCH"
     print(
         f"durability: {sevpipe.ok_alerts_total:,} alerts answered 200, {logged:,} events "
-        f"({distinct:,} distinct keys) in the log after kill -9: {verdict}"
+        f"({distinct:,} distinct alerts) in the log after kill -9: {verdict}"
     )
-    print(f"ratio sevpipe/baseline: {sevpipe.alerts_per_s / baseline.alerts_per_s:.2f}", flush=True)
-    return baseline, sevpipe, durable
+    ratio = sevpipe.alerts_per_s / baseline.alerts_per_s
+    print(f"ratio sevpipe/baseline: {ratio:.2f}", flush=True)
+    return Run(groups, sevpipe, fold, rss, ratio, durable and sevpipe.errors == 0)
+
+
+def _round(args: argparse.Namespace, workdir: Path, n: int) -> list[Run]:
+    base = Server([*SELF, "--role", "baseline"], workdir, f"baseline{n}")
+    try:
+        baseline = _measure("baseline", base, args).result
+    finally:
+        base.stop(signal.SIGTERM)
+    print(baseline.line(), flush=True)
+    return [
+        _sevpipe_run(args, workdir, f"sevpipe{n}-{groups}", groups, baseline)
+        for groups in args.groups
+    ]
 
 
 def _load_only(args: argparse.Namespace) -> int:
     """``--target URL``: only the load, against a server someone else started (profiling)."""
-    load = _run_load(args.target.rstrip("/"), args)
+    load = _run_load(args.target.rstrip("/"), args, args.groups[0])
     load.pop("start_at")
+    load.pop("acks")
     result = Result("target", server_cpu=float("nan"), **load)
     print(result.line())
     return 0 if result.errors == 0 else 1
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _table(args: argparse.Namespace, rounds: list[list[Run]]) -> None:
+    """One group beside many (the first other ``--groups``), medians over the rounds."""
+    if 1 not in args.groups or len(set(args.groups)) < 2:
+        return
+    # the many-group side: the first count of several groups, else a group per webhook
+    many_groups = next((g for g in args.groups if g > 1), 0)
+
+    def med(groups: int, figure: Callable[[Run], float]) -> float:
+        return _median([figure(r) for runs in rounds for r in runs if r.groups == groups])
+
+    def both(figure: Callable[[Run], float]) -> tuple[float, float]:
+        return med(1, figure), med(many_groups, figure)
+
+    rows = [
+        Row(
+            "sevpipe run receiver alerts/s (200s)",
+            *both(lambda r: r.result.alerts_per_s),
+            "alerts/s",
+            "-",
+            None,
+        ),
+    ]
+    if args.command == "run":
+        one, many = both(lambda r: r.fold.fold_rate)
+        rows.append(
+            Row(
+                "sevpipe run fold rate",
+                one,
+                many,
+                "alerts/s",
+                "one/many >= 0.80",
+                one / many >= TARGET_FOLD_RATIO if many else False,
+            )
+        )
+        one, many = both(lambda r: pct(r.fold.latencies_ms, 0.99))
+        rows.append(
+            Row(
+                "sevpipe run p99 200 -> incident change",
+                one,
+                many,
+                "ms",
+                "<= 1,000 ms",
+                max(one, many) <= TARGET_P99_CHANGE_MS,
+                ratio=False,
+            )
+        )
+        one, many = both(lambda r: 100 * r.fold.share_at_load_end)
+        rows.append(Row("folded when the load ended", one, many, "%", "-", None, ratio=False))
+        one, many = both(lambda r: r.fold.bytes_per_alert)
+        rows.append(
+            Row(
+                "sevpipe.incidents bytes per alert",
+                one,
+                many,
+                "B",
+                "<= 2,048 B",
+                max(one, many) <= TARGET_BYTES_PER_ALERT,
+                ratio=False,
+            )
+        )
+        one, many = both(lambda r: r.rss_mb)
+        alerts = med(1, lambda r: r.fold.folded)
+        rows.append(
+            Row(
+                f"sevpipe run peak RSS ({alerts:,.0f} alerts in 1 group)",
+                one,
+                many,
+                "MB",
+                "-",
+                None,
+                ratio=False,
+            )
+        )
+    print_table(rows, many_label=groups_label(many_groups))
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -492,31 +672,42 @@ def _bench(args: argparse.Namespace) -> int:
     print(
         f"{args.duration:g} s per side (+{args.warmup:g} s warm-up), {args.concurrency} in flight"
         f" over {args.workers} load process(es), {ALERTS_PER_WEBHOOK} alerts per webhook"
-        f" ({'one group each' if not args.groups else f'{args.groups} groups'}),"
+        f" ({', then '.join(groups_label(g) for g in args.groups)}),"
         f" client={args.client}; `sevpipe {args.command}` on the embedded log, fsync=full"
     )
-    ratios: list[float] = []
-    rates: list[float] = []
-    all_durable = True
+    rounds: list[list[Run]] = []
     with tempfile.TemporaryDirectory(prefix="sevpipe-bench-") as tmp:
         for n in range(args.rounds):
             if args.rounds > 1:
                 print(f"-- round {n + 1}/{args.rounds}")
-            baseline, sevpipe, durable = _round(args, Path(tmp), n)
-            all_durable &= durable and sevpipe.errors == 0
-            ratios.append(sevpipe.alerts_per_s / baseline.alerts_per_s)
-            rates.append(sevpipe.alerts_per_s)
-    ratio, rate = statistics.median(ratios), statistics.median(rates)
+            rounds.append(_round(args, Path(tmp), n))
+    first = args.groups[0]
+    mine = [r for runs in rounds for r in runs if r.groups == first]
+    ratio = _median([r.ratio for r in mine])
+    rate = _median([r.result.alerts_per_s for r in mine])
     print(
-        f"summary: sevpipe {rate:,.0f} alerts/s (target >= {TARGET_ALERTS_PER_S:,}:"
-        f" {'met' if rate >= TARGET_ALERTS_PER_S else 'MISSED'}), ratio {ratio:.2f}"
-        f" (target >= {TARGET_RATIO:.2f}: {'met' if ratio >= TARGET_RATIO else 'MISSED'})"
+        f"summary ({groups_label(first)}): sevpipe {rate:,.0f} alerts/s (target >="
+        f" {TARGET_ALERTS_PER_S:,}: {'met' if rate >= TARGET_ALERTS_PER_S else 'MISSED'}),"
+        f" ratio {ratio:.2f} (target >= {TARGET_RATIO:.2f}:"
+        f" {'met' if ratio >= TARGET_RATIO else 'MISSED'})"
         + (f", median of {args.rounds} rounds" if args.rounds > 1 else "")
     )
-    if not all_durable:
+    _table(args, rounds)
+    if not all(r.durable for runs in rounds for r in runs):
         print("FAILED: errors, or alerts answered 200 that are not in the log")
         return 1
     return 0
+
+
+def group_counts(text: str) -> list[int]:
+    """``--groups``: one count, or several separated by commas (each measured in turn)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of group counts: {text!r}") from None
+    if not counts or any(c < 0 for c in counts):
+        raise argparse.ArgumentTypeError(f"group counts are >= 0: {text!r}")
+    return counts
 
 
 def main() -> int:
@@ -527,7 +718,18 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="load generator processes")
     p.add_argument("--rounds", type=int, default=1, help="baseline+sevpipe pairs (median)")
     p.add_argument(
-        "--groups", type=int, default=0, help="alert groups to cycle through (0: one per webhook)"
+        "--groups",
+        type=group_counts,
+        default=[0, 200, 1],
+        help="alert groups the load cycles through, measured in turn (default 0,200,1: each"
+        " webhook a group of its own, then 200 groups, then every alert in ONE group; the"
+        " table sets one group beside 200); 1: one group only",
+    )
+    p.add_argument(
+        "--catch-up",
+        type=float,
+        default=60.0,
+        help="seconds to wait, after the load, for every alert to be folded",
     )
     p.add_argument(
         "--command", choices=("run", "ingest"), default="run", help="sevpipe command to measure"
