@@ -167,7 +167,7 @@ class ClassifierStage:
         metrics: ClassifierMetrics,
         *,
         group: str = CONSUMER_GROUP,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         max_backoff: float = 30.0,
     ) -> None:
         self.log = eventlog

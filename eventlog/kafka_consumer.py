@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -101,6 +102,18 @@ class _DropRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
         return
 
 
+_POLL_GRACE = 0.05  # getmany() returns by its own timeout; this covers its bookkeeping
+FETCH_BYTES_PER_PARTITION = 16 * 1024 * 1024
+"""What one fetch may bring per partition. aiokafka's 1 MiB default holds ~300 alert events,
+so one busy partition (an alert storm is one group, one key, one partition) was read at a
+few thousand events per second, slower than the receiver appends them."""
+
+
+async def _settled(task: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+
+
 class KafkaSubscription:
     """A member of a Kafka consumer group; commits only what the caller has fetched."""
 
@@ -112,6 +125,7 @@ class KafkaSubscription:
         self._fetched: dict[TopicPartition, int] = {}  # next offset after the last fetched
         self._positions: dict[TopicPartition, int] = {}  # next offset fetch() returns
         self._closed = False
+        self._poll: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
 
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is not None:
@@ -126,6 +140,7 @@ class KafkaSubscription:
             group_id=self._group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
         )
         try:
             await consumer.start()
@@ -158,20 +173,27 @@ class KafkaSubscription:
         await self._note_positions(consumer)
         return records
 
-    @staticmethod
     async def _getmany(
-        consumer: AIOKafkaConsumer, max_records: int, max_wait: float
+        self, consumer: AIOKafkaConsumer, max_records: int, max_wait: float
     ) -> dict[TopicPartition, list[Any]]:
-        # getmany() waits for the group's assignment beyond its own timeout (a rebalance
-        # can wait a session timeout for a member that died). Cancelling it is safe: it
-        # takes records from its buffer and returns them without awaiting in between.
-        try:
-            async with asyncio.timeout(max_wait):
-                batches: dict[TopicPartition, list[Any]] = await consumer.getmany(
-                    timeout_ms=int(max_wait * 1000), max_records=max_records
-                )
-        except TimeoutError:
+        """One long-lived poll: a getmany() that outlives ``max_wait`` is left running and
+        awaited again by the next fetch, never cancelled.
+
+        getmany() waits for the group's assignment beyond its own timeout (a rebalance can
+        wait out a session timeout for a member that died). Cancelling it would leave
+        aiokafka's fetch context entered for good, and the consumer would then count as
+        always polling: max_poll_interval could never evict a stuck member.
+        """
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = asyncio.create_task(
+                consumer.getmany(timeout_ms=int(max_wait * 1000), max_records=max_records)
+            )
+        done, _ = await asyncio.wait({poll}, timeout=max_wait + _POLL_GRACE)
+        if not done:
             return {}
+        self._poll = None
+        batches: dict[TopicPartition, list[Any]] = poll.result()
         return batches
 
     def _records(self, batches: dict[TopicPartition, list[Any]]) -> list[Record]:
@@ -236,7 +258,11 @@ class KafkaSubscription:
         self._closed = True
         self._log._subscriptions.discard(self)
         consumer, self._consumer = self._consumer, None
+        poll, self._poll = self._poll, None
         self._fetched.clear()
         self._positions.clear()
         if consumer is not None:
             await quietly(consumer.stop(), self._log.request_timeout)
+        if poll is not None:
+            # Stopping the consumer ends a poll still waiting for an assignment.
+            await quietly(_settled(poll), self._log.request_timeout)

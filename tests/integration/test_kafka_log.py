@@ -237,3 +237,33 @@ async def test_dedup_keys_are_remembered_per_process_only(bootstrap: str, prefix
     async with KafkaLog(bootstrap, topic_prefix=prefix) as log:
         assert (await log.append(TOPIC_ALERTS, [event(1)], dedup_keys=["k"])).appended == 1
         assert len([r async for r in log.read([TOPIC_ALERTS])]) == 2
+
+
+async def test_a_fetch_that_outlives_max_wait_is_left_running_not_cancelled(
+    kafka_log: KafkaLog,
+) -> None:
+    """During a rebalance getmany() waits for the new assignment, past any short max_wait. A
+    cancelled getmany() leaves aiokafka's fetch context entered, so the consumer would count
+    as polling forever and max_poll_interval could never evict it: the one poll must be kept
+    and awaited again instead."""
+    group = unique_name("g")
+    await kafka_log.append(TOPIC_ALERTS, [event(1)])
+    first = kafka_log.subscribe([TOPIC_ALERTS], group)
+    second = kafka_log.subscribe([TOPIC_ALERTS], group)
+    try:
+        async with asyncio.timeout(30):
+            while not await first.fetch(10, max_wait=0.2):
+                pass
+        consumer = first._consumer
+        assert consumer is not None
+        # A second member joins: the group rebalances while the first keeps fetching.
+        joining = asyncio.create_task(second.fetch(10, max_wait=5.0))
+        entered = []
+        for _ in range(200):
+            await first.fetch(10, max_wait=0.01)
+            entered.append(consumer._subscription._fetch_count)
+        await joining
+        assert max(entered) <= 1, entered  # one poll in flight at most, never a leaked one
+    finally:
+        await first.close()
+        await second.close()
