@@ -54,12 +54,13 @@ from bench.fold import (
     print_table,
 )
 from bench.ingest import child_env, group_counts
-from classifier.backtest import BATCH, Simulation, alert_inputs, backtest
+from classifier.backtest import Simulation, alert_inputs, backtest
 from classifier.classify import classify_alert
 from classifier.policy import default_policy
 from eventlog import EmbeddedLog
 from schemas import TOPIC_ALERTS, Envelope, Webhook, event_type_for, normalise
 
+BATCH = 500  # alerts fed at once for the one-simulation figure, as the live stage batches
 IMPACTS = ["outage", "error_rate", "performance", "minor", "feature_degraded", "", "", ""]
 TARGET_BACKTEST = 50_000.0
 TARGET_RATIO = 0.80

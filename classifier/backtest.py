@@ -28,8 +28,6 @@ from schemas.severity import Severity
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 5000
-BATCH = 500
-"""Alerts folded together, as the live stage folds a consumer batch."""
 
 
 @dataclass(frozen=True)
@@ -52,33 +50,41 @@ class BacktestReport:
 
 
 class Simulation:
-    """One policy's view of history: groups and every incident they produced."""
+    """One policy's view of history: every group folded in memory, deciding only.
+
+    Each group keeps one simulating fold for the whole replay (no events, no change
+    tracking): the fold decides alert by alert exactly as the live stage does, so batching
+    changes nothing here, and each incident's summary is made once, at the end.
+    """
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.groups: dict[str, GroupState] = {}
-        self.incidents: dict[str, Incident] = {}
-
-    def feed_batch(self, items: Sequence[AlertInput]) -> None:
-        """Fold ``items`` as the live stage folds one batch (with every group in memory)."""
-        policy = self.policy
-        folds: dict[str, Fold] = {}
-        for item in items:
-            key = incident_key(item.data, policy)
-            fold = folds.get(key)
-            if fold is None:
-                group = self.groups.get(key)
-                if group is None:
-                    group = self.groups[key] = GroupState(key)
-                fold = folds[key] = Fold(group, policy.reopen_window, policy.resolve_grace)
-            fold.alert(item, classify_alert(item.data, policy))
-        for fold in folds.values():
-            fold.finish()
-            self.incidents.update(fold.final)
-            fold.group.clear_changes()
+        self._folds: dict[str, Fold] = {}
+        self._incidents: dict[str, Incident] = {}
 
     def feed(self, item: AlertInput) -> None:
-        self.feed_batch([item])
+        policy = self.policy
+        key = incident_key(item.data, policy)
+        fold = self._folds.get(key)
+        if fold is None:
+            group = self.groups[key] = GroupState(key)
+            fold = self._folds[key] = Fold(
+                group, policy.reopen_window, policy.resolve_grace, simulate=True
+            )
+        fold.alert(item, classify_alert(item.data, policy))
+
+    def feed_batch(self, items: Sequence[AlertInput]) -> None:
+        for item in items:
+            self.feed(item)
+
+    @property
+    def incidents(self) -> dict[str, Incident]:
+        """Every incident the groups produced, by id, as they stand after what was fed."""
+        for fold in self._folds.values():
+            fold.finish()
+            self._incidents.update(fold.final)
+        return self._incidents
 
 
 async def alert_inputs(
@@ -106,21 +112,16 @@ async def backtest(
 ) -> BacktestReport:
     old, new = Simulation(current), Simulation(candidate)
     report = BacktestReport()
-    batch: list[AlertInput] = []
     async for item in alert_inputs(eventlog, since, until):
-        batch.append(item)
-        if len(batch) >= BATCH:
-            old.feed_batch(batch)
-            new.feed_batch(batch)
-            batch = []
+        old.feed(item)
+        new.feed(item)
         report.alerts += 1
         if on_progress is not None and report.alerts % PROGRESS_EVERY == 0:
             on_progress(report.alerts)
-    old.feed_batch(batch)
-    new.feed_batch(batch)
-    report.incidents = len(old.incidents)
-    for incident_id, before in old.incidents.items():
-        after = new.incidents.get(incident_id)
+    before_all, after_all = old.incidents, new.incidents
+    report.incidents = len(before_all)
+    for incident_id, before in before_all.items():
+        after = after_all.get(incident_id)
         if after is None:
             report.only_old += 1
         elif after.severity != before.severity:
@@ -134,5 +135,5 @@ async def backtest(
                     after.reasons,
                 )
             )
-    report.only_new = sum(1 for i in new.incidents if i not in old.incidents)
+    report.only_new = sum(1 for i in after_all if i not in before_all)
     return report

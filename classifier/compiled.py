@@ -6,13 +6,14 @@ Built once per policy (``Policy.compiled``), so ``classify`` does no model walki
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from schemas.severity import Severity
 
 if TYPE_CHECKING:  # policy.py imports this module to compile itself
     from classifier.policy import Condition, Policy
+    from schemas.severity import Classification
 
 
 def normalise_impact(value: str) -> str:
@@ -50,6 +51,11 @@ class CompiledPolicy:
     unmatched: Severity
     fallback: Mapping[str, Severity]
     fallback_otherwise: Severity
+    decided: dict[tuple[object, ...], Classification] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Classifications by the inputs they were made from: an alert's severity depends only on
+    the few values the policy reads, and alerts of a group mostly share them."""
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:

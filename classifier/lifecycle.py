@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from classifier.changes import (
     Change,
@@ -48,6 +49,12 @@ class AlertInput:
     event_id: str
     time: datetime
     data: AlertEventData
+    starts: str = field(init=False, repr=False, compare=False)
+    """``startsAt`` as marks keep it, made once (a backtest folds each alert twice)."""
+
+    def __post_init__(self) -> None:
+        starts_at = self.data.starts_at
+        object.__setattr__(self, "starts", starts_at.isoformat() if starts_at else "-")
 
 
 def _title(data: AlertEventData) -> str:
@@ -71,8 +78,33 @@ def _incident_alert(data: AlertEventData, cls: Classification) -> IncidentAlert:
     )
 
 
-def _alert_reasons(item: IncidentAlert) -> tuple[str, ...]:
-    return bounded_reasons([f"{item.alertname or item.fingerprint}: {r}" for r in item.reasons])
+def _alert_reasons(data: AlertEventData, cls: Classification) -> tuple[str, ...]:
+    name = data.alertname or data.fingerprint
+    return bounded_reasons([f"{name}: {r}" for r in cls.reasons])
+
+
+class _AlertView(Protocol):
+    """What the fold reads of an alert it holds: an IncidentAlert, or a simulation's _Seen."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def alertname(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def severity(self) -> Severity: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """All a simulating fold keeps of an alert: a backtest holds every alert of history, and
+    a whole IncidentAlert each would cost it ten times the memory."""
+
+    fingerprint: str
+    alertname: str
+    status: str
+    severity: Severity
 
 
 @dataclass(slots=True)
@@ -130,7 +162,7 @@ class _Work:
             }
         )
 
-    def count(self, old: IncidentAlert | None, new_status: str) -> None:
+    def count(self, old: _AlertView | None, new_status: str) -> None:
         """Move the counts from ``old``'s status (or no alert) to ``new_status``."""
         if old is None:
             self.alerts += 1
@@ -184,8 +216,20 @@ def _merged(span: IncidentEventType, step: IncidentEventType) -> IncidentEventTy
 class Fold:
     """Folds one group's alerts, in log order, into the fewest incident events."""
 
-    def __init__(self, group: GroupState, reopen_window: timedelta, resolve_grace: timedelta):
+    def __init__(
+        self,
+        group: GroupState,
+        reopen_window: timedelta,
+        resolve_grace: timedelta,
+        *,
+        simulate: bool = False,
+    ) -> None:
         self.group = group
+        self.simulate = simulate
+        self._seen: dict[str, _AlertView] = {}
+        """Decide only, for a backtest: no events, no change tracking, and the incidents'
+        summaries frozen once, at ``finish``. A simulating fold may take any number of
+        alerts; severity, status and counts come out as the live fold decides them."""
         self.reopen_window = reopen_window
         self.resolve_grace = resolve_grace
         self.work = _Work.of(group.incident) if group.incident else None
@@ -202,18 +246,21 @@ class Fold:
         data = alert.data
         group = self.group
         fp = data.fingerprint
-        starts = data.starts_at.isoformat() if data.starts_at else "-"
+        starts = alert.starts
         mark = group.marks.get(fp)
-        if mark is not None and alert.event_id <= mark.event:
-            return  # applied already: at-least-once delivery brought it again
         at = (data.ends_at or alert.time).isoformat() if data.status == "resolved" else ""
-        if _stale(mark, starts, data.status, at or alert.time.isoformat()):
-            return
+        if mark is not None:
+            if alert.event_id <= mark.event:
+                return  # applied already: at-least-once delivery brought it again
+            if _stale(mark, starts, data.status, at or alert.time.isoformat()):
+                return
         group.marks[fp] = AlertMark(starts, data.status, at, alert.event_id)
-        group.changed_marks.add(fp)
-        # A grace period that ran out while the group was quiet ends before this alert counts.
-        self.expire(alert.time, alert.event_id)
+        if not self.simulate:
+            group.changed_marks.add(fp)
         work = self.work
+        if work is not None and work.resolving_since is not None:
+            # A grace period that ran out while the group was quiet ends before this alert.
+            self.expire(alert.time, alert.event_id)
         if data.status == "resolved":
             if work is not None and work.status == "open":
                 self._resolve(work, alert)
@@ -235,10 +282,13 @@ class Fold:
         work.resolved_at = deadline
         work.resolving_since = None
         work.updated_at = max(deadline, work.updated_at)
-        self._note(f"resolved: no alert fired again within the {self.resolve_grace} grace period")
+        if self._noting():
+            self._note(f"resolved: no alert fired again within the {self.resolve_grace} grace")
 
     def finish(self) -> list[Change]:
         """The events decided; ``group.incident`` is the current incident after them."""
+        if self.simulate and self.work is not None:
+            self.final[self.work.id] = self.work.incident = self.work.freeze()
         self._close()
         if self.work is not None:
             self.group.incident = self.final.get(self.work.id, self.work.incident)
@@ -248,7 +298,7 @@ class Fold:
 
     def _resolve(self, work: _Work, alert: AlertInput) -> None:
         data = alert.data
-        old = self.group.alerts.get(data.fingerprint)
+        old = self._held(data.fingerprint)
         if old is None or old.status == "resolved":
             return
         all_resolved = work.firing == 1
@@ -256,13 +306,19 @@ class Fold:
         done = all_resolved and not waiting
         name = old.alertname or old.fingerprint
         self._begin(work, INCIDENT_RESOLVED if done else INCIDENT_UPDATED, alert.event_id)
-        new = old.model_copy(update={"status": "resolved", "ends_at": data.ends_at})
+        new: _AlertView
+        if isinstance(old, IncidentAlert):
+            new = old.model_copy(update={"status": "resolved", "ends_at": data.ends_at})
+        else:
+            new = _Seen(old.fingerprint, old.alertname, "resolved", old.severity)
         self._put(work, old, new)
         at = max(alert.time, work.updated_at)
         work.updated_at = at
         work.status = "resolved" if done else "open"
         work.resolved_at = at if done else None
         work.resolving_since = at if waiting else None
+        if not self._noting():
+            return
         if waiting:
             self._note(
                 f"last alert {name} resolved; resolves after {self.resolve_grace} unless one fires"
@@ -275,7 +331,7 @@ class Fold:
     def _open_or_reopen(
         self, previous: _Work | None, alert: AlertInput, cls: Classification
     ) -> None:
-        item = _incident_alert(alert.data, cls)
+        item = self._item(alert.data, cls)
         at = alert.time
         name = item.alertname or item.fingerprint
         resolved_at = previous.resolved_at if previous else None
@@ -287,23 +343,26 @@ class Fold:
             self._begin(previous, INCIDENT_REOPENED, alert.event_id)
             severity = highest(previous.severity, cls.severity)
             if severity != previous.severity:
-                previous.reasons = _alert_reasons(item)
+                previous.reasons = _alert_reasons(alert.data, cls)
                 previous.severity_source = "policy"
             previous.severity = severity
             previous.status = "open"
             previous.updated_at = at
             previous.resolved_at = None
-            self._put(previous, self.group.alerts.get(item.fingerprint), item)
-            self._note(f"reopened by {name} firing")
+            self._put(previous, self._held(item.fingerprint), item)
+            if self._noting():
+                self._note(f"reopened by {name} firing")
             return
         self._close()
+        if self.simulate and previous is not None:
+            self.final[previous.id] = previous.incident = previous.freeze()
         incident = Incident(
             id="inc-" + derived_event_id(alert.event_id, "incident").lower(),
             key=self.group.key,
             severity=cls.severity,
             status="open",
             title=_title(alert.data),
-            reasons=_alert_reasons(item),
+            reasons=_alert_reasons(alert.data, cls),
             opened_at=at,
             updated_at=at,
             version=0,
@@ -311,27 +370,30 @@ class Fold:
         work = self.work = _Work.of(incident)
         self.loaded[incident.id] = 0
         self.group.alerts = {}  # the alerts loaded were the previous incident's
+        self._seen = {}
         self._begin(work, INCIDENT_OPENED, alert.event_id)
         self._put(work, None, item)
-        self._note(f"opened by {name} firing")
+        if self._noting():
+            self._note(f"opened by {name} firing")
 
     def _fire(self, work: _Work, alert: AlertInput, cls: Classification) -> None:
-        item = _incident_alert(alert.data, cls)
-        old = self.group.alerts.get(item.fingerprint)
-        if old is not None and old.status == "firing" and old.severity == item.severity:
+        old = self._held(alert.data.fingerprint)
+        if old is not None and old.status == "firing" and old.severity == cls.severity:
             return  # a repeat, or new annotations that change nothing we decide on
+        item = self._item(alert.data, cls)
         severity = highest(work.severity, cls.severity)
         escalated = severity != work.severity
         name = item.alertname or item.fingerprint
         self._begin(work, INCIDENT_ESCALATED if escalated else INCIDENT_UPDATED, alert.event_id)
         if escalated:
-            self._note(
-                f"escalated {work.severity} -> {severity} by {name}: " + "; ".join(cls.reasons)
-            )
+            if self._noting():
+                self._note(
+                    f"escalated {work.severity} -> {severity} by {name}: " + "; ".join(cls.reasons)
+                )
             work.severity = severity
             work.severity_source = "policy"
-            work.reasons = _alert_reasons(item)
-        else:
+            work.reasons = _alert_reasons(alert.data, cls)
+        elif self._noting():
             self._note(f"alert {name} firing" + (" again" if old is not None else ""))
         work.resolving_since = None
         work.updated_at = max(alert.time, work.updated_at)
@@ -339,18 +401,44 @@ class Fold:
 
     # -- spans -------------------------------------------------------------------------------
 
-    def _put(self, work: _Work, old: IncidentAlert | None, new: IncidentAlert) -> None:
+    def _item(self, data: AlertEventData, cls: Classification) -> _AlertView:
+        if self.simulate:
+            return _Seen(data.fingerprint, data.alertname, data.status, cls.severity)
+        return _incident_alert(data, cls)
+
+    def _held(self, fingerprint: str) -> _AlertView | None:
+        """The current incident's alert of that fingerprint, as far as loaded."""
+        if self.simulate:
+            return self._seen.get(fingerprint)
+        return self.group.alerts.get(fingerprint)
+
+    def _put(self, work: _Work, old: _AlertView | None, new: _AlertView) -> None:
         work.count(old, new.status)
+        if not isinstance(new, IncidentAlert):
+            self._seen[new.fingerprint] = new  # simulating
+            return
         self.group.alerts[new.fingerprint] = new
         self.group.changed_alerts[(work.id, new.fingerprint)] = new
         if self.span is not None:
             self.span.alerts[new.fingerprint] = new
+
+    def _noting(self) -> bool:
+        """Whether a note would be kept: its text is not even made otherwise (hot path)."""
+        span = self.span
+        if span is None:
+            return False
+        if len(span.notes) < _MAX_NOTES:
+            return True
+        span.steps += 1  # counted in "and N more changes"
+        return False
 
     def _note(self, text: str) -> None:
         if self.span is not None:
             self.span.note(text)
 
     def _begin(self, work: _Work, type_: IncidentEventType, cause_id: str) -> None:
+        if self.simulate:
+            return
         span = self.span
         if span is not None:
             merged = _merged(span.type, type_)
