@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -181,6 +181,8 @@ class ClassifierStage:
         self._event_time: datetime | None = None
         self._busy = False
         self.runtime: StageRuntime | None = None
+        self.after_batch: Callable[[], None] | None = None
+        """Called when a batch is done (the process's backpressure looks at the lag again)."""
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Per (topic, partition): how many offsets the stage is behind the log's end."""
@@ -207,6 +209,8 @@ class ClassifierStage:
         with self.metrics.batch_seconds.time():
             await self.process(records)
             await self.expire_graces()
+        if self.after_batch is not None:
+            self.after_batch()
 
     async def tick(self) -> None:
         """Before each poll: outbox rows others wrote (the API), and, when the last poll

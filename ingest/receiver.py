@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -66,11 +67,19 @@ class Receiver:
     """The webhook endpoint; owns nothing but references the log it appends to."""
 
     def __init__(
-        self, config: ReceiverConfig, eventlog: EventLog, metrics: ReceiverMetrics
+        self,
+        config: ReceiverConfig,
+        eventlog: EventLog,
+        metrics: ReceiverMetrics,
+        *,
+        admit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.log = eventlog
         self.metrics = metrics
+        self.admit = admit
+        """Awaited before a valid webhook is appended: backpressure from a classifier that
+        shares the process (``sevpipe run``); it may delay, never refuse."""
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/api/v1/alerts", self.handle)]
@@ -135,6 +144,8 @@ class Receiver:
         return b"".join(chunks)
 
     async def _accept(self, webhook: Webhook) -> web.Response:
+        if self.admit is not None:
+            await self.admit()
         payloads = normalise(webhook, webhook.incident_group_key(), datetime.now(UTC))
         # A repeat is an alert whose (startsAt, status) is the latest appended for it: one
         # that fires again after it resolved, with the same startsAt, is a change.

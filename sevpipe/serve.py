@@ -17,6 +17,7 @@ from classifier.api import IncidentsApi
 from classifier.stage import CONSUMER_GROUP, ClassifierMetrics, ClassifierStage
 from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
 from sevpipe.backends import describe, open_eventlog, open_store
+from sevpipe.backpressure import Backpressure
 from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
 
@@ -78,14 +79,10 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
         open_eventlog(settings, wait=True) as eventlog,
         open_store(settings, wait=True) as store,
     ):
-        routes: list[web.RouteDef] = []
-        if "ingest" in roles:
-            receiver = Receiver(settings.receiver_config(), eventlog, ReceiverMetrics(registry))
-            api = IncidentsApi(store, authorizer(creds))
-            routes += [*receiver.routes(), *api.routes()]
         stop = asyncio.Event()
         stage_task: asyncio.Task[None] | None = None
         stage: ClassifierStage | None = None
+        backpressure: Backpressure | None = None
         if policy is not None:
             stage = ClassifierStage(
                 eventlog,
@@ -95,7 +92,25 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 group=settings.consumer_group_prefix + CONSUMER_GROUP,
             )
             registry.register(ConsumerLagCollector(stage.group, stage.lag))
+            if "ingest" in roles and settings.ingest_max_lag > 0:
+                backpressure = Backpressure(
+                    lambda s=stage: sum(s.lag().values()),  # type: ignore[misc]
+                    registry,
+                    limit=settings.ingest_max_lag,
+                    timeout=settings.ingest_max_hold,
+                )
+                stage.after_batch = backpressure.progressed
             stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
+        routes: list[web.RouteDef] = []
+        if "ingest" in roles:
+            receiver = Receiver(
+                settings.receiver_config(),
+                eventlog,
+                ReceiverMetrics(registry),
+                admit=backpressure.admit if backpressure is not None else None,
+            )
+            api = IncidentsApi(store, authorizer(creds))
+            routes += [*receiver.routes(), *api.routes()]
         app = build_app(
             routes,
             eventlog,

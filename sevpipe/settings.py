@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     shutdown_timeout: Seconds = Field(
         10.0, gt=0, description="how long to drain on SIGTERM: seconds, or 30s, 1m"
     )
+    ingest_max_lag: int = Field(
+        2000,
+        ge=0,
+        description="sevpipe run: hold a webhook while the classifier is more than this many "
+        "events behind (0: never)",
+    )
+    ingest_max_hold: Seconds = Field(
+        2.0, gt=0, description="the longest a webhook is held; then it is appended anyway"
+    )
 
     @field_validator("host")
     @classmethod
