@@ -178,6 +178,7 @@ class ClassifierStage:
         self.batch_size = batch_size
         self.max_backoff = max_backoff
         self._next_expiry_scan = 0.0
+        self._next_relay = 0.0
         self._event_time: datetime | None = None
         self._busy = False
         self.runtime: StageRuntime | None = None
@@ -215,11 +216,16 @@ class ClassifierStage:
     async def tick(self) -> None:
         """Before each poll: outbox rows others wrote (the API), and, when the last poll
         found nothing, grace periods that ran out while the log was quiet."""
-        await relay_outbox(self.store, self.log)
         idle, self._busy = not self._busy, False
-        if idle and time.monotonic() >= self._next_expiry_scan:
+        now = time.monotonic()
+        if idle or now >= self._next_relay:
+            # A busy stage relays after each batch anyway; what others wrote (the API) is
+            # picked up when idle, or at least once a second.
+            self._next_relay = now + 1.0
+            await relay_outbox(self.store, self.log)
+        if idle and now >= self._next_expiry_scan:
             # Once a second is as precise as a grace period needs.
-            self._next_expiry_scan = time.monotonic() + 1.0
+            self._next_expiry_scan = now + 1.0
             await self.expire_graces(max(self._event_time or _EPOCH, datetime.now(UTC)))
 
     async def process(self, records: Sequence[Record]) -> Decided:

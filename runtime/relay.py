@@ -37,9 +37,11 @@ async def relay_outbox(store: IncidentStore, eventlog: EventLog, *, batch: int =
     relayed = 0
     while True:
         count = await store.relay(publish, limit=batch)
-        if not count:
+        relayed += count or 0
+        if count is None or count < batch:
+            # Drained (a short batch), or another relayer has it: asking again would only
+            # cost the store a round trip per call, and a stage relays after every batch.
             return relayed
-        relayed += count
 
 
 async def _tail_ids(eventlog: EventLog, topic: str, count: int) -> set[str]:
