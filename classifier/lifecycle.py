@@ -13,14 +13,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from classifier.changes import (
     Change,
-    bounded_labels,
-    bounded_reasons,
     clip,
     parts,
+)
+from classifier.fold_parts import (
+    MAX_NOTES,
+    AlertView,
+    Seen,
+    Span,
+    Work,
+    alert_reasons,
+    incident_alert,
+    merged_type,
+    title_of,
 )
 from schemas import AlertEventData, derived_event_id
 from schemas.incident_state import AlertMark, GroupState
@@ -32,14 +40,11 @@ from schemas.incidents import (
     INCIDENT_UPDATED,
     Incident,
     IncidentAlert,
-    IncidentCounts,
     IncidentEventType,
 )
 from schemas.severity import Classification, Severity, highest, is_more_severe
 
 __all__ = ["AlertInput", "Change", "Fold", "apply_alert", "expire_grace", "set_severity"]
-
-_MAX_NOTES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,162 +62,6 @@ class AlertInput:
         object.__setattr__(self, "starts", starts_at.isoformat() if starts_at else "-")
 
 
-def _title(data: AlertEventData) -> str:
-    summary = data.annotations.get("summary") or data.annotations.get("title") or ""
-    name = data.alertname or data.group.group_key
-    return clip(f"{name}: {summary}" if summary else name)
-
-
-def _incident_alert(data: AlertEventData, cls: Classification) -> IncidentAlert:
-    # Every field comes from validated models: no need to validate again per alert.
-    return IncidentAlert.model_construct(
-        fingerprint=data.fingerprint,
-        alertname=data.alertname,
-        status=data.status,
-        starts_at=data.starts_at,
-        ends_at=data.ends_at,
-        severity=cls.severity,
-        reasons=cls.reasons,
-        summary=clip(data.annotations.get("summary", ""), 1000),
-        labels=bounded_labels(data.labels),
-    )
-
-
-def _alert_reasons(data: AlertEventData, cls: Classification) -> tuple[str, ...]:
-    name = data.alertname or data.fingerprint
-    return bounded_reasons([f"{name}: {r}" for r in cls.reasons])
-
-
-class _AlertView(Protocol):
-    """What the fold reads of an alert it holds: an IncidentAlert, or a simulation's _Seen."""
-
-    @property
-    def fingerprint(self) -> str: ...
-    @property
-    def alertname(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def severity(self) -> Severity: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """All a simulating fold keeps of an alert: a backtest holds every alert of history, and
-    a whole IncidentAlert each would cost it ten times the memory."""
-
-    fingerprint: str
-    alertname: str
-    status: str
-    severity: Severity
-
-
-@dataclass(slots=True)
-class _Work:
-    """A mutable incident summary while a batch folds; frozen into an Incident per event."""
-
-    incident: Incident
-    severity: Severity
-    severity_source: str
-    status: str
-    reasons: tuple[str, ...]
-    updated_at: datetime
-    resolved_at: datetime | None
-    resolving_since: datetime | None
-    version: int
-    alerts: int
-    firing: int
-    resolved: int
-
-    @classmethod
-    def of(cls, inc: Incident) -> _Work:
-        c = inc.counts
-        return cls(
-            inc,
-            inc.severity,
-            inc.severity_source,
-            inc.status,
-            inc.reasons,
-            inc.updated_at,
-            inc.resolved_at,
-            inc.resolving_since,
-            inc.version,
-            c.alerts,
-            c.firing,
-            c.resolved,
-        )
-
-    @property
-    def id(self) -> str:
-        return self.incident.id
-
-    def freeze(self) -> Incident:
-        counts = IncidentCounts(alerts=self.alerts, firing=self.firing, resolved=self.resolved)
-        return self.incident.model_copy(
-            update={
-                "severity": self.severity,
-                "severity_source": self.severity_source,
-                "status": self.status,
-                "reasons": self.reasons,
-                "counts": counts,
-                "updated_at": self.updated_at,
-                "resolved_at": self.resolved_at,
-                "resolving_since": self.resolving_since,
-                "version": self.version,
-            }
-        )
-
-    def count(self, old: _AlertView | None, new_status: str) -> None:
-        """Move the counts from ``old``'s status (or no alert) to ``new_status``."""
-        if old is None:
-            self.alerts += 1
-        elif old.status == "firing":
-            self.firing -= 1
-        else:
-            self.resolved -= 1
-        if new_status == "firing":
-            self.firing += 1
-        else:
-            self.resolved += 1
-
-
-@dataclass(slots=True)
-class _Span:
-    """Consecutive changes of one incident that become one event (or a few, if large)."""
-
-    type: IncidentEventType
-    cause_id: str
-    previous: Severity | None
-    notes: list[str] = field(default_factory=list)
-    steps: int = 0
-    alerts: dict[str, IncidentAlert] = field(default_factory=dict)
-
-    def note(self, text: str) -> None:
-        self.steps += 1
-        if len(self.notes) < _MAX_NOTES:
-            self.notes.append(text)
-
-    def text(self) -> str:
-        more = self.steps - len(self.notes)
-        return "; ".join(self.notes) + (f"; and {more} more changes" if more > 0 else "")
-
-
-def _merged(span: IncidentEventType, step: IncidentEventType) -> IncidentEventType | None:
-    """The type of ``span`` after absorbing ``step``, or None if ``step`` needs its own event.
-
-    Opening, reopening and resolving are each an event of their own, so a consumer (comms,
-    actions) sees every transition; an update folds into whatever came before it, and an
-    escalation or a resolve makes a run of updates into an escalation or a resolve.
-    """
-    if step == INCIDENT_UPDATED:
-        return span
-    if step == INCIDENT_ESCALATED and span != INCIDENT_RESOLVED:
-        return INCIDENT_ESCALATED if span == INCIDENT_UPDATED else span
-    if step == INCIDENT_RESOLVED and span == INCIDENT_UPDATED:
-        return INCIDENT_RESOLVED
-    return None
-
-
 class Fold:
     """Folds one group's alerts, in log order, into the fewest incident events."""
 
@@ -226,14 +75,14 @@ class Fold:
     ) -> None:
         self.group = group
         self.simulate = simulate
-        self._seen: dict[str, _AlertView] = {}
+        self._seen: dict[str, AlertView] = {}
         """Decide only, for a backtest: no events, no change tracking, and the incidents'
         summaries frozen once, at ``finish``. A simulating fold may take any number of
         alerts; severity, status and counts come out as the live fold decides them."""
         self.reopen_window = reopen_window
         self.resolve_grace = resolve_grace
-        self.work = _Work.of(group.incident) if group.incident else None
-        self.span: _Span | None = None
+        self.work = Work.of(group.incident) if group.incident else None
+        self.span: Span | None = None
         self.changes: list[Change] = []
         self.loaded = {group.incident.id: group.incident.version} if group.incident else {}
         """Version of each incident as loaded (0: new); what a store write expects."""
@@ -296,7 +145,7 @@ class Fold:
 
     # -- transitions -------------------------------------------------------------------------
 
-    def _resolve(self, work: _Work, alert: AlertInput) -> None:
+    def _resolve(self, work: Work, alert: AlertInput) -> None:
         data = alert.data
         old = self._held(data.fingerprint)
         if old is None or old.status == "resolved":
@@ -306,11 +155,11 @@ class Fold:
         done = all_resolved and not waiting
         name = old.alertname or old.fingerprint
         self._begin(work, INCIDENT_RESOLVED if done else INCIDENT_UPDATED, alert.event_id)
-        new: _AlertView
+        new: AlertView
         if isinstance(old, IncidentAlert):
             new = old.model_copy(update={"status": "resolved", "ends_at": data.ends_at})
         else:
-            new = _Seen(old.fingerprint, old.alertname, "resolved", old.severity)
+            new = Seen(old.fingerprint, old.alertname, "resolved", old.severity)
         self._put(work, old, new)
         at = max(alert.time, work.updated_at)
         work.updated_at = at
@@ -329,7 +178,7 @@ class Fold:
             self._note(f"alert {name} resolved")
 
     def _open_or_reopen(
-        self, previous: _Work | None, alert: AlertInput, cls: Classification
+        self, previous: Work | None, alert: AlertInput, cls: Classification
     ) -> None:
         item = self._item(alert.data, cls)
         at = alert.time
@@ -343,7 +192,7 @@ class Fold:
             self._begin(previous, INCIDENT_REOPENED, alert.event_id)
             severity = highest(previous.severity, cls.severity)
             if severity != previous.severity:
-                previous.reasons = _alert_reasons(alert.data, cls)
+                previous.reasons = alert_reasons(alert.data, cls)
                 previous.severity_source = "policy"
             previous.severity = severity
             previous.status = "open"
@@ -361,13 +210,13 @@ class Fold:
             key=self.group.key,
             severity=cls.severity,
             status="open",
-            title=_title(alert.data),
-            reasons=_alert_reasons(alert.data, cls),
+            title=title_of(alert.data),
+            reasons=alert_reasons(alert.data, cls),
             opened_at=at,
             updated_at=at,
             version=0,
         )
-        work = self.work = _Work.of(incident)
+        work = self.work = Work.of(incident)
         self.loaded[incident.id] = 0
         self.group.alerts = {}  # the alerts loaded were the previous incident's
         self._seen = {}
@@ -376,7 +225,7 @@ class Fold:
         if self._noting():
             self._note(f"opened by {name} firing")
 
-    def _fire(self, work: _Work, alert: AlertInput, cls: Classification) -> None:
+    def _fire(self, work: Work, alert: AlertInput, cls: Classification) -> None:
         old = self._held(alert.data.fingerprint)
         if old is not None and old.status == "firing" and old.severity == cls.severity:
             return  # a repeat, or new annotations that change nothing we decide on
@@ -392,7 +241,7 @@ class Fold:
                 )
             work.severity = severity
             work.severity_source = "policy"
-            work.reasons = _alert_reasons(alert.data, cls)
+            work.reasons = alert_reasons(alert.data, cls)
         elif self._noting():
             self._note(f"alert {name} firing" + (" again" if old is not None else ""))
         work.resolving_since = None
@@ -401,18 +250,18 @@ class Fold:
 
     # -- spans -------------------------------------------------------------------------------
 
-    def _item(self, data: AlertEventData, cls: Classification) -> _AlertView:
+    def _item(self, data: AlertEventData, cls: Classification) -> AlertView:
         if self.simulate:
-            return _Seen(data.fingerprint, data.alertname, data.status, cls.severity)
-        return _incident_alert(data, cls)
+            return Seen(data.fingerprint, data.alertname, data.status, cls.severity)
+        return incident_alert(data, cls)
 
-    def _held(self, fingerprint: str) -> _AlertView | None:
+    def _held(self, fingerprint: str) -> AlertView | None:
         """The current incident's alert of that fingerprint, as far as loaded."""
         if self.simulate:
             return self._seen.get(fingerprint)
         return self.group.alerts.get(fingerprint)
 
-    def _put(self, work: _Work, old: _AlertView | None, new: _AlertView) -> None:
+    def _put(self, work: Work, old: AlertView | None, new: AlertView) -> None:
         work.count(old, new.status)
         if not isinstance(new, IncidentAlert):
             self._seen[new.fingerprint] = new  # simulating
@@ -427,7 +276,7 @@ class Fold:
         span = self.span
         if span is None:
             return False
-        if len(span.notes) < _MAX_NOTES:
+        if len(span.notes) < MAX_NOTES:
             return True
         span.steps += 1  # counted in "and N more changes"
         return False
@@ -436,18 +285,18 @@ class Fold:
         if self.span is not None:
             self.span.note(text)
 
-    def _begin(self, work: _Work, type_: IncidentEventType, cause_id: str) -> None:
+    def _begin(self, work: Work, type_: IncidentEventType, cause_id: str) -> None:
         if self.simulate:
             return
         span = self.span
         if span is not None:
-            merged = _merged(span.type, type_)
+            merged = merged_type(span.type, type_)
             if merged is not None:
                 span.type = merged
                 return
             self._close()
         previous = None if type_ == INCIDENT_OPENED else work.severity
-        self.span = _Span(type_, cause_id, previous)
+        self.span = Span(type_, cause_id, previous)
 
     def _close(self) -> None:
         span, work = self.span, self.work
