@@ -11,6 +11,7 @@ stored: the embedded log's envelope rows, or Kafka's key + value + headers.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import math
@@ -58,7 +59,7 @@ class Seen:
             return sum(1 for fp in fingerprints if fp in self.first)
 
 
-class Watcher:
+class Watcher(abc.ABC):
     """Base: a thread polling the incidents topic until ``stop``."""
 
     def __init__(self) -> None:
@@ -87,8 +88,9 @@ class Watcher:
             time.sleep(0.05)
         return False
 
+    @abc.abstractmethod
     def _watch(self) -> None:
-        raise NotImplementedError
+        """Poll the topic into ``self.seen`` until ``self._stop`` is set."""
 
     def _main(self) -> None:
         try:

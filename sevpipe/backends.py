@@ -58,6 +58,16 @@ class _Backend(Protocol):
 B = TypeVar("B", bound=_Backend)
 
 
+@contextlib.asynccontextmanager
+async def _opened(make: Callable[[], B], what: str, *, wait: bool) -> AsyncIterator[B]:
+    """A backend, started for the block and closed after it."""
+    backend = await _start(make, what, wait=wait)
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
 async def _start(make: Callable[[], B], what: str, *, wait: bool) -> B:
     """Start a backend; with ``wait``, wait out a server that is not up yet (a deploy where
     sevpipe starts before Kafka or PostgreSQL) instead of exiting at once."""
@@ -86,29 +96,23 @@ async def open_eventlog(
     settings: Settings, *, create: bool = True, wait: bool = False
 ) -> AsyncIterator[EventLog]:
     """The log, started. ``wait`` (servers) waits for Kafka to be reachable."""
-    eventlog = await _start(
+    async with _opened(
         lambda: make_eventlog(settings, create=create),
         "kafka" if settings.kafka_bootstrap else "the event log",
         wait=wait and bool(settings.kafka_bootstrap),
-    )
-    try:
+    ) as eventlog:
         yield eventlog
-    finally:
-        await eventlog.close()
 
 
 @contextlib.asynccontextmanager
 async def open_store(settings: Settings, *, wait: bool = False) -> AsyncIterator[IncidentStore]:
     """The store, started. ``wait`` (servers) waits for PostgreSQL to be reachable."""
-    store = await _start(
+    async with _opened(
         lambda: make_store(settings),
         "postgresql" if settings.postgres_dsn else "the store",
         wait=wait and bool(settings.postgres_dsn),
-    )
-    try:
+    ) as store:
         yield store
-    finally:
-        await store.close()
 
 
 def make_effects_ledger(settings: Settings) -> EffectsLedger:
@@ -126,12 +130,9 @@ async def open_effects_ledger(
     settings: Settings, *, wait: bool = False
 ) -> AsyncIterator[EffectsLedger]:
     """The effects ledger, started. ``wait`` (servers) waits for PostgreSQL to be reachable."""
-    ledger = await _start(
+    async with _opened(
         lambda: make_effects_ledger(settings),
         "postgresql" if settings.postgres_dsn else "the effects ledger",
         wait=wait and bool(settings.postgres_dsn),
-    )
-    try:
+    ) as ledger:
         yield ledger
-    finally:
-        await ledger.close()
