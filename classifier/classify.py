@@ -36,20 +36,16 @@ def classify(
     replays millions of alerts through two policies, and a storm's alerts differ in pod names.
     """
     c = policy.compiled
-    impact = _find(labels, annotations, c.impact_keys)
-    users = _find(labels, annotations, c.pct_keys)
-    revenue = _find(labels, annotations, c.revenue_keys)
-    # Alertmanager's severity label is read only when the policy's inputs are all absent.
-    fallback = None if impact or users or revenue else _find(labels, annotations, c.severity_keys)
-    inputs = (impact, users, revenue, fallback)
+    # The values of every key the policy reads, as they are: they decide everything below.
+    given = (*map(labels.get, c.input_keys), *map(annotations.get, c.input_keys))
     memo = c.decided
-    known = memo.get(inputs)
+    known = memo.get(given)
     if known is not None:
         return known
-    decided = _classify(labels, annotations, c, inputs[0])
+    decided = _classify(labels, annotations, c, _find(labels, annotations, c.impact_keys))
     if len(memo) >= _MEMO_SIZE:
         memo.clear()
-    memo[inputs] = decided
+    memo[given] = decided
     return decided
 
 

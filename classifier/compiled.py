@@ -46,6 +46,8 @@ class CompiledPolicy:
     pct_keys: tuple[str, ...]
     revenue_keys: tuple[str, ...]
     severity_keys: tuple[str, ...]
+    input_keys: tuple[str, ...]
+    """Every key above, once each: what an alert's classification depends on."""
     impacts: frozenset[str]
     rules: tuple[CompiledRule, ...]
     unmatched: Severity
@@ -54,8 +56,8 @@ class CompiledPolicy:
     decided: dict[tuple[object, ...], Classification] = field(
         default_factory=dict, compare=False, repr=False
     )
-    """Classifications by the inputs they were made from: an alert's severity depends only on
-    the few values the policy reads, and alerts of a group mostly share them."""
+    """Classifications by the values of ``input_keys`` they were made from: an alert's
+    severity depends only on the few values the policy reads, and alerts mostly share them."""
 
 
 def compile_policy(policy: Policy) -> CompiledPolicy:
@@ -77,6 +79,16 @@ def compile_policy(policy: Policy) -> CompiledPolicy:
         pct_keys=policy.inputs.user_impact_pct,
         revenue_keys=policy.inputs.revenue_impact_usd_per_hour,
         severity_keys=policy.inputs.severity,
+        input_keys=tuple(
+            dict.fromkeys(
+                (
+                    *policy.inputs.impact,
+                    *policy.inputs.user_impact_pct,
+                    *policy.inputs.revenue_impact_usd_per_hour,
+                    *policy.inputs.severity,
+                )
+            )
+        ),
         impacts=frozenset(policy.impacts),
         rules=tuple(
             CompiledRule(r.name, r.severity, tuple(map(condition, r.when))) for r in policy.rules

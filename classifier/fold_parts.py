@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from classifier.changes import bounded_labels, bounded_reasons, clip
 from schemas import AlertEventData
@@ -63,8 +63,7 @@ class AlertView(Protocol):
     def severity(self) -> Severity: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
     """All a simulating fold keeps of an alert: a backtest holds every alert of history, and
     a whole IncidentAlert each would cost it ten times the memory."""
 

@@ -11,7 +11,6 @@ Counts are kept incrementally, so the work per alert does not grow with the inci
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from classifier.changes import (
@@ -47,19 +46,22 @@ from schemas.severity import Classification, Severity, highest, is_more_severe
 __all__ = ["AlertInput", "Change", "Fold", "apply_alert", "expire_grace", "set_severity"]
 
 
-@dataclass(frozen=True, slots=True)
 class AlertInput:
-    """An ``alert.*`` event as the lifecycle needs it."""
+    """An ``alert.*`` event as the lifecycle needs it (read-only by convention: a plain
+    slotted class, as a frozen dataclass costs a backtest a microsecond per alert)."""
 
-    event_id: str
-    time: datetime
-    data: AlertEventData
-    starts: str = field(init=False, repr=False, compare=False)
-    """``startsAt`` as marks keep it, made once (a backtest folds each alert twice)."""
+    __slots__ = ("data", "event_id", "starts", "time")
 
-    def __post_init__(self) -> None:
-        starts_at = self.data.starts_at
-        object.__setattr__(self, "starts", starts_at.isoformat() if starts_at else "-")
+    def __init__(self, event_id: str, time: datetime, data: AlertEventData) -> None:
+        self.event_id = event_id
+        self.time = time
+        self.data = data
+        starts_at = data.starts_at
+        self.starts = starts_at.isoformat() if starts_at else "-"
+        """``startsAt`` as marks keep it, made once (a backtest folds each alert twice)."""
+
+    def __repr__(self) -> str:
+        return f"AlertInput({self.event_id!r}, {self.time!r}, {self.data!r})"
 
 
 class Fold:
@@ -75,7 +77,9 @@ class Fold:
     ) -> None:
         self.group = group
         self.simulate = simulate
-        self._seen: dict[str, AlertView] = {}
+        self._holding: dict[str, AlertView] = {} if simulate else group.alerts  # type: ignore[assignment]
+        """The current incident's alerts as far as loaded: the group's, or what a
+        simulation keeps of them (a ``Seen`` each)."""
         """Decide only, for a backtest: no events, no change tracking, and the incidents'
         summaries frozen once, at ``finish``. A simulating fold may take any number of
         alerts; severity, status and counts come out as the live fold decides them."""
@@ -91,26 +95,20 @@ class Fold:
 
     # -- inputs ------------------------------------------------------------------------------
 
-    def alert(self, alert: AlertInput, cls: Classification) -> None:
-        data = alert.data
-        group = self.group
-        fp = data.fingerprint
-        starts = alert.starts
-        mark = group.marks.get(fp)
-        at = (data.ends_at or alert.time).isoformat() if data.status == "resolved" else ""
-        if mark is not None:
-            if alert.event_id <= mark.event:
-                return  # applied already: at-least-once delivery brought it again
-            if _stale(mark, starts, data.status, at or alert.time.isoformat()):
+    def alert(self, alert: AlertInput, cls: Classification, *, admitted: bool = False) -> None:
+        """Fold one alert in. ``admitted``: ``admit`` already took it against marks that are
+        this group's (a backtest checks them once for both of its policies)."""
+        status = alert.data.status
+        if not admitted:
+            if not admit(self.group.marks, alert):
                 return
-        group.marks[fp] = AlertMark(starts, data.status, at, alert.event_id)
-        if not self.simulate:
-            group.changed_marks.add(fp)
+            if not self.simulate:
+                self.group.changed_marks.add(alert.data.fingerprint)
         work = self.work
         if work is not None and work.resolving_since is not None:
             # A grace period that ran out while the group was quiet ends before this alert.
             self.expire(alert.time, alert.event_id)
-        if data.status == "resolved":
+        if status == "resolved":
             if work is not None and work.status == "open":
                 self._resolve(work, alert)
         elif work is None or work.status == "resolved":
@@ -218,34 +216,39 @@ class Fold:
         )
         work = self.work = Work.of(incident)
         self.loaded[incident.id] = 0
-        self.group.alerts = {}  # the alerts loaded were the previous incident's
-        self._seen = {}
+        # The alerts loaded were the previous incident's.
+        if self.simulate:
+            self._holding = {}
+        else:
+            self._holding = self.group.alerts = {}  # type: ignore[assignment]
         self._begin(work, INCIDENT_OPENED, alert.event_id)
         self._put(work, None, item)
         if self._noting():
             self._note(f"opened by {name} firing")
 
     def _fire(self, work: Work, alert: AlertInput, cls: Classification) -> None:
-        old = self._held(alert.data.fingerprint)
-        if old is not None and old.status == "firing" and old.severity == cls.severity:
+        data = alert.data
+        old = self._holding.get(data.fingerprint)
+        severity = cls.severity
+        if old is not None and old.status == "firing" and old.severity == severity:
             return  # a repeat, or new annotations that change nothing we decide on
-        item = self._item(alert.data, cls)
-        severity = highest(work.severity, cls.severity)
-        escalated = severity != work.severity
-        name = item.alertname or item.fingerprint
+        item = self._item(data, cls)
+        escalated = is_more_severe(severity, work.severity)
         self._begin(work, INCIDENT_ESCALATED if escalated else INCIDENT_UPDATED, alert.event_id)
         if escalated:
             if self._noting():
+                name = item.alertname or item.fingerprint
                 self._note(
                     f"escalated {work.severity} -> {severity} by {name}: " + "; ".join(cls.reasons)
                 )
             work.severity = severity
             work.severity_source = "policy"
-            work.reasons = alert_reasons(alert.data, cls)
+            work.reasons = alert_reasons(data, cls)
         elif self._noting():
+            name = item.alertname or item.fingerprint
             self._note(f"alert {name} firing" + (" again" if old is not None else ""))
         work.resolving_since = None
-        work.updated_at = max(alert.time, work.updated_at)
+        work.updated_at = max(work.updated_at, alert.time)
         self._put(work, old, item)
 
     # -- spans -------------------------------------------------------------------------------
@@ -257,16 +260,13 @@ class Fold:
 
     def _held(self, fingerprint: str) -> AlertView | None:
         """The current incident's alert of that fingerprint, as far as loaded."""
-        if self.simulate:
-            return self._seen.get(fingerprint)
-        return self.group.alerts.get(fingerprint)
+        return self._holding.get(fingerprint)
 
     def _put(self, work: Work, old: AlertView | None, new: AlertView) -> None:
         work.count(old, new.status)
+        self._holding[new.fingerprint] = new
         if not isinstance(new, IncidentAlert):
-            self._seen[new.fingerprint] = new  # simulating
-            return
-        self.group.alerts[new.fingerprint] = new
+            return  # simulating
         self.group.changed_alerts[(work.id, new.fingerprint)] = new
         if self.span is not None:
             self.span.alerts[new.fingerprint] = new
@@ -323,20 +323,37 @@ class Fold:
         work.incident = self.final[work.id]
 
 
-def _stale(mark: AlertMark | None, starts: str, status: str, at: str) -> bool:
+def admit(marks: dict[str, AlertMark], alert: AlertInput) -> bool:
+    """Whether ``alert`` is news to its group's ``marks``, which then record it.
+
+    It is not when it was applied already (at-least-once delivery brought it again: event ids
+    grow, so one not greater than the mark's is known) or when it is older than the mark.
+    """
+    data = alert.data
+    status = data.status
+    at = (data.ends_at or alert.time).isoformat() if status == "resolved" else ""
+    mark = marks.get(data.fingerprint)
+    if mark is not None and (alert.event_id <= mark.event or _stale(mark, alert, at)):
+        return False
+    marks[data.fingerprint] = AlertMark(alert.starts, status, at, alert.event_id)
+    return True
+
+
+def _stale(mark: AlertMark, alert: AlertInput, at: str) -> bool:
     """Older than what we know: an earlier startsAt, or a late delivery about the same one.
 
     A firing with the startsAt of a resolve is the alert firing again (Alertmanager resolved
     it when its endsAt passed, say while Prometheus could not reach it) when it comes after
     the resolve took effect; before that, it is a late delivery of the firing that was
-    resolved. ``at`` is the resolve's endsAt (or its event time), or the firing's event time.
+    resolved. ``at`` is a resolve's endsAt (or its event time), "" for a firing.
     """
-    if mark is None or starts > mark.starts_at:
+    starts = alert.starts
+    if starts > mark.starts_at:
         return False
     if starts < mark.starts_at:
         return True
-    if status == "firing" and mark.status == "resolved":
-        return at <= mark.at
+    if alert.data.status == "firing" and mark.status == "resolved":
+        return alert.time.isoformat() <= mark.at
     return False
 
 
