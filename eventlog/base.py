@@ -107,6 +107,16 @@ def check_dedup(
             raise ValueError(f"{name} must have one entry per event")
 
 
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    """Where a consumer group stands on some topics, as it last committed."""
+
+    behind: int
+    """Records after the group's committed offsets (all of them where it committed none)."""
+    committed: int
+    """The committed offsets summed: it grows exactly while the group makes progress."""
+
+
 @runtime_checkable
 class Subscription(Protocol):
     """A consumer in a group: fetch records, then commit once their effects are durable."""
@@ -183,4 +193,9 @@ class EventLog(Protocol):
 
     async def ping(self) -> None:
         """Raise ``LogUnavailable`` unless the log can take an append now."""
+        ...
+
+    async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
+        """How far consumer group ``group`` is behind on ``topics``, seen from outside it
+        (another process: a receiver pacing itself to the classifier)."""
         ...

@@ -20,7 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record, check_dedup
+from eventlog.base import (
+    AppendResult,
+    GroupLag,
+    LogClosed,
+    LogUnavailable,
+    Record,
+    check_dedup,
+)
 from eventlog.embedded_append import BatchWriter, Pending, to_row
 from eventlog.embedded_consumer import EmbeddedSubscription
 from eventlog.embedded_schema import open_reader, open_writer
@@ -256,6 +263,27 @@ class EmbeddedLog:
         sql = f"SELECT MIN(next_seq), COUNT(*) FROM group_offsets WHERE grp = ? AND topic IN ({marks})"  # noqa: S608, E501 - only placeholders are interpolated
         row = self._rconn.execute(sql, (group, *topics)).fetchone()
         return int(row[0]) if row[1] == len(topics) else 0
+
+    async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
+        try:
+            return await self._in_reader(lambda: self._group_lag(group, topics))
+        except sqlite3.Error as exc:
+            raise LogUnavailable(f"event log read failed: {exc}") from exc
+
+    def _group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
+        assert self._rconn is not None  # noqa: S101
+        behind = committed = 0
+        for topic in topics:
+            row = self._rconn.execute(
+                "SELECT next_seq FROM group_offsets WHERE grp = ? AND topic = ?", (group, topic)
+            ).fetchone()
+            next_seq = int(row[0]) if row else 0
+            committed += next_seq
+            (count,) = self._rconn.execute(
+                "SELECT COUNT(*) FROM events WHERE topic = ? AND seq >= ?", (topic, next_seq)
+            ).fetchone()
+            behind += int(count)
+        return GroupLag(behind, committed)
 
     def _commit(self, group: str, topics: Sequence[str], next_seq: int) -> None:
         conn = self._wconn

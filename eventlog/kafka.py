@@ -41,11 +41,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from eventlog.base import AppendResult, LogClosed, LogUnavailable, Record, check_dedup
+from eventlog.base import (
+    AppendResult,
+    GroupLag,
+    LogClosed,
+    LogUnavailable,
+    Record,
+    check_dedup,
+)
 from eventlog.kafka_admin import TopicAdmin
 from eventlog.kafka_codec import KAFKA_ERRORS, headers, mapped, quietly, value
 from eventlog.kafka_consumer import UNTIL_GRACE, KafkaSubscription, Replay
 from eventlog.kafka_dedup import Claim, Mark, RecentKeys, marks
+from eventlog.kafka_lag import LagReader
 from schemas import TOPICS, Envelope
 
 
@@ -92,6 +100,7 @@ class KafkaLog:
         self._partitions: dict[str, list[int]] = {}
         self._deliveries: set[asyncio.Task[list[Any]]] = set()
         self._subscriptions: set[KafkaSubscription] = set()
+        self._lag: LagReader | None = None
         self._closed = False
 
     async def __aenter__(self) -> KafkaLog:
@@ -158,6 +167,8 @@ class KafkaLog:
         for delivery in list(self._deliveries):  # what the stopped producer still held
             delivery.cancel()
         await asyncio.gather(*list(self._deliveries), return_exceptions=True)
+        if self._lag is not None:
+            await self._lag.close()
         if self._admin is not None:
             await self._admin.close()
 
@@ -282,6 +293,20 @@ class KafkaLog:
             raise mapped(exc, "ping") from exc
 
     # -- consumer groups -------------------------------------------------------------------
+
+    async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
+        if self._closed:
+            raise LogClosed("event log is closed")
+        if self._admin is None:
+            raise LogUnavailable("event log not started")
+        if self._lag is None:
+            self._lag = LagReader(self._client_args(), self._admin, self.request_timeout)
+        try:
+            return await self._lag.lag(group, topics)
+        except TimeoutError as exc:
+            raise LogUnavailable(f"kafka: no group lag within {self.request_timeout} s") from exc
+        except KAFKA_ERRORS as exc:
+            raise mapped(exc, "group lag") from exc
 
     def subscribe(self, topics: Sequence[str], group: str) -> KafkaSubscription:
         sub = KafkaSubscription(self, tuple(topics), group)

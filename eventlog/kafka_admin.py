@@ -99,3 +99,10 @@ class TopicAdmin:
             if t["error_code"] == 0 and t["topic"] in names
             for p in t["partitions"]
         ]
+
+    async def committed(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The offsets ``group`` committed on ``partitions`` (those it committed on)."""
+        found = await self._client.list_consumer_group_offsets(group, partitions=partitions)
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}

@@ -8,18 +8,23 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
 from classifier.api import IncidentsApi
+from classifier.policy import Policy
 from classifier.stage import CONSUMER_GROUP, ClassifierMetrics, ClassifierStage
+from eventlog import EventLog
 from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
+from schemas import TOPIC_ALERTS
 from sevpipe.backends import describe, open_eventlog, open_store
-from sevpipe.backpressure import Backpressure
+from sevpipe.backpressure import Backpressure, LagWatch
 from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
+from store import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -80,27 +85,16 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
         open_store(settings, wait=True) as store,
     ):
         stop = asyncio.Event()
-        stage_task: asyncio.Task[None] | None = None
-        stage: ClassifierStage | None = None
-        backpressure: Backpressure | None = None
-        if policy is not None:
-            stage = ClassifierStage(
-                eventlog,
-                store,
-                policy,
-                ClassifierMetrics(registry),
-                group=settings.consumer_group_prefix + CONSUMER_GROUP,
-            )
-            registry.register(ConsumerLagCollector(stage.group, stage.lag))
-            if "ingest" in roles and settings.ingest_max_lag > 0:
-                backpressure = Backpressure(
-                    lambda s=stage: sum(s.lag().values()),  # type: ignore[misc]
-                    registry,
-                    limit=settings.ingest_max_lag,
-                    timeout=settings.ingest_max_hold,
-                )
-                stage.after_batch = backpressure.progressed
-            stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
+        parts = _Parts.start(
+            settings,
+            roles,
+            policy=policy,
+            eventlog=eventlog,
+            store=store,
+            registry=registry,
+            stop=stop,
+        )
+        stage, backpressure = parts.stage, parts.backpressure
         routes: list[web.RouteDef] = []
         if "ingest" in roles:
             receiver = Receiver(
@@ -129,16 +123,70 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
                 await site.start()
                 _announce(runner, settings, roles)
-                failed = await _wait_for_signal_or(signalled, stage_task)
+                failed = await _wait_for_signal_or(signalled, parts.stage_task)
             log.info("shutting down: draining in-flight work")
             await in_flight.drain(runner, settings.shutdown_timeout)
         finally:
             await runner.cleanup()
             stop.set()
-            if stage_task is not None:
-                await _finish(stage_task, settings.shutdown_timeout)
+            await parts.finish(settings.shutdown_timeout)
     log.info("stopped")
     return 1 if failed else 0
+
+
+@dataclass
+class _Parts:
+    """The stage and the receiver's backpressure a process runs beside its HTTP edge."""
+
+    stage: ClassifierStage | None = None
+    stage_task: asyncio.Task[None] | None = None
+    backpressure: Backpressure | None = None
+    watch_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def start(
+        cls,
+        settings: Settings,
+        roles: frozenset[str],
+        *,
+        policy: Policy | None,
+        eventlog: EventLog,
+        store: IncidentStore,
+        registry: CollectorRegistry,
+        stop: asyncio.Event,
+    ) -> _Parts:
+        parts = cls()
+        group = settings.consumer_group_prefix + CONSUMER_GROUP
+        paced = "ingest" in roles and settings.ingest_max_lag > 0
+        lag: Callable[[], int]
+        if policy is not None:
+            stage = parts.stage = ClassifierStage(
+                eventlog, store, policy, ClassifierMetrics(registry), group=group
+            )
+            registry.register(ConsumerLagCollector(stage.group, stage.lag))
+            parts.stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
+            lag = lambda: sum(stage.lag().values())  # noqa: E731
+        elif paced:
+            watch = LagWatch(lambda: eventlog.group_lag(group, [TOPIC_ALERTS]), registry)
+            parts.watch_task = asyncio.create_task(watch.run(stop), name="sevpipe-lag-watch")
+            lag = lambda: watch.behind  # noqa: E731
+        if paced:
+            bp = parts.backpressure = Backpressure(
+                lag, registry, limit=settings.ingest_max_lag, timeout=settings.ingest_max_hold
+            )
+            if parts.stage is not None:
+                parts.stage.after_batch = bp.progressed
+            else:
+                watch.on_read = bp.progressed
+        return parts
+
+    async def finish(self, deadline: float) -> None:
+        if self.stage_task is not None:
+            await _finish(self.stage_task, deadline)
+        if self.watch_task is not None:
+            self.watch_task.cancel()  # a lag reading is of no use past here
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.watch_task
 
 
 class InFlight:

@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     ingest_max_lag: int = Field(
         2000,
         ge=0,
-        description="sevpipe run: hold a webhook while the classifier is more than this many "
-        "events behind (0: never)",
+        description="hold a webhook while the classifier is more than this many events behind "
+        "(sevpipe run: its own; sevpipe ingest: the classifier group's commits) (0: never)",
     )
     ingest_max_hold: Seconds = Field(
         2.0, gt=0, description="the longest a webhook is held; then it is appended anyway"

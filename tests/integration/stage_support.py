@@ -17,7 +17,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 
-from eventlog import AppendResult, EmbeddedLog, EventLog, KafkaLog, Record, Subscription
+from eventlog import (
+    AppendResult,
+    EmbeddedLog,
+    EventLog,
+    GroupLag,
+    KafkaLog,
+    Record,
+    Subscription,
+)
 from eventlog.kafka import partition_index
 from runtime.stage import StageRuntime
 from schemas import Envelope, new_event_id
@@ -272,6 +280,9 @@ class CommitNeverReturns:
 
     async def ping(self) -> None:
         await self.inner.ping()
+
+    async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
+        return await self.inner.group_lag(group, topics)
 
 
 class _HangingCommit:

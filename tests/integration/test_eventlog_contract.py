@@ -21,6 +21,7 @@ from eventlog import (
     AppendResult,
     EmbeddedLog,
     EventLog,
+    GroupLag,
     KafkaLog,
     LogClosed,
     LogUnavailable,
@@ -282,6 +283,29 @@ async def test_group_resumes_from_its_commit_and_gets_uncommitted_records_again(
         everything = await fetch_until(other, lambda got: len(got) >= 13)
         assert sorted(ns(everything)) == [*range(10), 100, 101, 200]
         assert {r.topic for r in everything if r.envelope.data["n"] == 200} == {TOPIC_INCIDENTS}
+
+
+async def test_group_lag_seen_from_outside_the_group(backend: Backend) -> None:
+    """What a receiver in another process reads to pace itself to the classifier."""
+    group = unique_name("classifier")
+    async with opened(backend) as log, opened(backend) as outside:
+        assert await outside.group_lag(group, [TOPIC_ALERTS]) == GroupLag(0, 0)
+        await log.append(TOPIC_ALERTS, [event(i, subject=f"g{i % 3}") for i in range(7)])
+        await log.append(TOPIC_INCIDENTS, [event(50, subject="inc-1")])
+        # Never committed: behind by everything, on the topics asked about only.
+        before = await outside.group_lag(group, [TOPIC_ALERTS])
+        assert (before.behind, before.committed) == (7, 0)
+        sub = log.subscribe([TOPIC_ALERTS], group)
+        await fetch_until(sub, lambda got: len(got) >= 7)
+        assert (await outside.group_lag(group, [TOPIC_ALERTS])).behind == 7  # not committed
+        await sub.commit()
+        caught_up = await outside.group_lag(group, [TOPIC_ALERTS])
+        assert caught_up.behind == 0
+        assert caught_up.committed > before.committed
+        await log.append(TOPIC_ALERTS, [event(i) for i in range(7, 10)])
+        after = await outside.group_lag(group, [TOPIC_ALERTS])
+        assert after == GroupLag(3, caught_up.committed)  # no progress since: same commits
+        await sub.close()
 
 
 async def test_commit_covers_only_what_was_fetched(backend: Backend) -> None:

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from eventlog import AppendResult, Record, Subscription
+from eventlog import AppendResult, GroupLag, Record, Subscription
 from runtime.stage import StageRuntime
 from schemas import EVENT_MODELS, TOPICS, Envelope, new_event_id
 from schemas.deadletter import (
@@ -158,6 +158,9 @@ class MemoryLog:
 
     async def ping(self) -> None:
         return
+
+    async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
+        raise NotImplementedError("no stage here asks")
 
 
 class MemorySub:
