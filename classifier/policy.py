@@ -6,7 +6,6 @@ The model's defaults are the runbook's table (DESIGN.md, "Severity policy");
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Mapping
 from datetime import timedelta
@@ -32,21 +31,13 @@ from pydantic import (
 from classifier.compiled import CompiledPolicy, compile_policy, normalise_impact
 from schemas.durations import Duration
 from schemas.severity import Severity
-from schemas.yamlfile import ConfigFileError, YamlDocument
+from schemas.yamlfile import ConfigFileError, LocatedError, YamlDocument, describe
 
 RESERVED_RULE_NAMES: Final = frozenset({"fallback", "unmatched"})
 
 
 class PolicyError(ConfigFileError):
     """A policy file that cannot be used; the message names the file and line."""
-
-
-class _LocatedError(ValueError):
-    """A cross-field error raised high in the model that belongs to a key deeper down."""
-
-    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
-        super().__init__(message)
-        self.loc = loc
 
 
 def _impact_name(value: str) -> str:
@@ -89,7 +80,7 @@ class Inputs(_Model):
         for field in type(self).model_fields:
             for i, name in enumerate(getattr(self, field)):
                 if name in owner:
-                    raise _LocatedError(f"{name!r} is already read as {owner[name]}", (field, i))
+                    raise LocatedError(f"{name!r} is already read as {owner[name]}", (field, i))
                 owner[name] = field
         return self
 
@@ -137,7 +128,7 @@ class Condition(_Model):
         for bound in ("above", "at_most"):
             value = getattr(pct, bound) if pct is not None else None
             if value is not None and not 0 <= value <= 100:
-                raise _LocatedError(
+                raise LocatedError(
                     "a percentage threshold must be within 0..100", ("user_impact_pct", bound)
                 )
         return self
@@ -256,17 +247,17 @@ class Policy(_Model):
         known = set(self.impacts)
         if len(known) != len(self.impacts):
             dup = next(i for i, v in enumerate(self.impacts) if v in self.impacts[:i])
-            raise _LocatedError(f"impact {self.impacts[dup]!r} is listed twice", ("impacts", dup))
+            raise LocatedError(f"impact {self.impacts[dup]!r} is listed twice", ("impacts", dup))
         seen: set[str] = set()
         for r, rule in enumerate(self.rules):
             if rule.name in RESERVED_RULE_NAMES or rule.name in seen:
                 what = "reserved" if rule.name in RESERVED_RULE_NAMES else "used twice"
-                raise _LocatedError(f"rule name {rule.name!r} is {what}", ("rules", r, "name"))
+                raise LocatedError(f"rule name {rule.name!r} is {what}", ("rules", r, "name"))
             seen.add(rule.name)
             for c, cond in enumerate(rule.when):
                 for i, name in enumerate(cond.impact or ()):
                     if name not in known:
-                        raise _LocatedError(
+                        raise LocatedError(
                             f"unknown impact {name!r} (not in impacts)",
                             ("rules", r, "when", c, "impact", i),
                         )
@@ -310,42 +301,5 @@ def policy_yaml(policy: Policy) -> str:
     )
 
 
-_MAX_ERRORS: Final = 10
-
-
 def _describe(exc: ValidationError, doc: YamlDocument) -> str:
-    """One line per problem: ``file:line: key.path: what is wrong``."""
-    found: list[tuple[str, str]] = []
-    for err in exc.errors(include_url=False):
-        loc: tuple[str | int, ...] = tuple(err["loc"])
-        cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, _LocatedError):
-            loc, msg = (*loc, *cause.loc), str(cause)
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(str(loc[-1]))
-        elif isinstance(cause, ValueError):
-            msg = str(cause)
-        else:
-            msg = err["msg"]
-        key = ".".join(str(part) for part in loc) or "policy"
-        found.append((doc.where(loc), f"{key}: {msg}"))
-    found.sort(key=lambda item: _line_number(item[0]))  # stable: ties keep pydantic's order
-    lines = [f"{where}: {what}" for where, what in found[:_MAX_ERRORS]]
-    if len(found) > _MAX_ERRORS:
-        lines.append(f"... and {len(found) - _MAX_ERRORS} more")
-    return "\n".join(lines)
-
-
-def _line_number(where: str) -> int:
-    line = where.rpartition(":")[2]
-    return int(line) if line.isdigit() else 0
-
-
-def _did_you_mean(key: str) -> str:
-    known = {
-        name
-        for model in (Policy, Inputs, Rule, Condition, Range, Fallback)
-        for name in model.model_fields
-    }
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return describe(exc, doc, (Policy, Inputs, Rule, Condition, Range, Fallback), "policy")

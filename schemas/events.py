@@ -11,6 +11,7 @@ from schemas.alertmanager import Alert, AlertStatus, Webhook
 from schemas.deadletter import DEADLETTER_EVENT_MODELS, TOPIC_DEADLETTER
 from schemas.envelope import Envelope
 from schemas.incidents import INCIDENT_EVENT_TYPES, IncidentEventData
+from schemas.notifications import NOTIFICATION_EVENT_TYPES, NotificationEventData
 
 TOPIC_ALERTS: Final = "sevpipe.alerts"
 TOPIC_INCIDENTS: Final = "sevpipe.incidents"
@@ -125,6 +126,7 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     ALERT_FIRING: AlertEventData,
     ALERT_RESOLVED: AlertEventData,
     **dict.fromkeys(INCIDENT_EVENT_TYPES, IncidentEventData),
+    **dict.fromkeys(NOTIFICATION_EVENT_TYPES, NotificationEventData),
     **DEADLETTER_EVENT_MODELS,
 }
 """Every event type and its payload model; ``sevpipe schemas`` writes one JSON Schema each."""
@@ -138,3 +140,9 @@ class AlertEnvelope(Envelope):
 
 def event_type_for(status: AlertStatus) -> Literal["alert.firing", "alert.resolved"]:
     return ALERT_FIRING if status == "firing" else ALERT_RESOLVED
+
+
+class IncidentEnvelope(Envelope):
+    """An ``incident.*`` envelope with its payload typed: parsed from JSON in one pass."""
+
+    data: IncidentEventData  # type: ignore[assignment]

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
+MAX_ERRORS: Final = 10
 
 
 class ConfigFileError(Exception):
     """A config file that cannot be used; the message names the file and line."""
+
+
+class LocatedError(ValueError):
+    """A cross-field error raised high in a model that belongs to a key deeper down."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 def _lines(
@@ -60,3 +73,36 @@ class YamlDocument:
             if line is not None:
                 return f"{self.path}:{line}"
         return str(self.path)
+
+
+def describe(
+    exc: ValidationError, doc: YamlDocument, models: Iterable[type[BaseModel]], what: str
+) -> str:
+    """One line per problem, ``file:line: key.path: what is wrong``; an unknown key names
+    the closest key of ``models``. ``what`` names the whole document when no key does."""
+    known = sorted({name for model in models for name in model.model_fields})
+    found: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc: tuple[str | int, ...] = tuple(err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, LocatedError):
+            loc, msg = (*loc, *cause.loc), str(cause)
+        elif err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            msg = "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+        elif isinstance(cause, ValueError):
+            msg = str(cause)
+        else:
+            msg = err["msg"]
+        key = ".".join(str(part) for part in loc) or what
+        found.append((doc.where(loc), f"{key}: {msg}"))
+    found.sort(key=lambda item: _line_number(item[0]))  # stable: ties keep pydantic's order
+    lines = [f"{where}: {text}" for where, text in found[:MAX_ERRORS]]
+    if len(found) > MAX_ERRORS:
+        lines.append(f"... and {len(found) - MAX_ERRORS} more")
+    return "\n".join(lines)
+
+
+def _line_number(where: str) -> int:
+    line = where.rpartition(":")[2]
+    return int(line) if line.isdigit() else 0

@@ -1,0 +1,325 @@
+"""The comms stage: incident events in, messages out through the effects ledger, and a
+``notification.*`` event for each on ``sevpipe.notifications``.
+
+What is said and to whom is decided here (routing, templates, cadence); channels only say
+it. Every message has a deterministic effect id (the triggering event, the route, the kind;
+for cadence updates the incident, the route and the slot number), and is sent by
+``runtime.effects.perform``: a redelivered event or a restart finds it done, and a send a
+crash interrupted is checked for before it is sent again.
+
+Threads: an incident's first message on a threaded route is its root (the Slack channel's
+first post, the Statuspage incident); later ones follow it. Once the first is sent, a pointer
+keyed by (incident, route) records its outcome: an effect of its own, so it is set once.
+
+Cadence: while an incident of the cadence's severities is open, update ``n`` on a route is due
+``n`` periods after it opened. Slots are effects too, so a restart neither repeats an update
+nor skips the one due now (updates missed while stopped are not sent late: only the latest
+slot is).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter
+
+from comms.channel import Channel, Links, Message, MessageKind, Outcome
+from comms.render import Context, Renderer
+from comms.routing import ROUTES, Route, Routing
+from eventlog import EventLog, Record
+from runtime.effects import EffectResult, default_holder, perform
+from schemas import TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS, Envelope, derived_event_id
+from schemas.events import IncidentEnvelope
+from schemas.incidents import Incident
+from schemas.notifications import (
+    NOTIFICATION_FAILED,
+    NOTIFICATION_SENT,
+    NOTIFICATION_SUPPRESSED,
+    NotificationEventData,
+)
+from store import IncidentQuery, IncidentStore
+from store.effects import EffectsLedger
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP: Final = "sevpipe-comms"
+SOURCE: Final = "/sevpipe/comms"
+KINDS: Final[dict[str, MessageKind]] = {
+    "incident.opened": "opened",
+    "incident.escalated": "escalated",
+    "incident.reopened": "reopened",
+    "incident.resolved": "resolved",
+}
+"""Incident events that are news to people; ``incident.updated`` (alerts coming and going
+inside an open incident) is told by the cadence, so a storm is never a message per alert."""
+CADENCE_ROUTES: Final = ("incident_channel", "leadership_email")
+
+
+class CommsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.notifications = Counter(
+            "sevpipe_notifications_total",
+            "Messages decided, by route, channel and result (sent, failed, suppressed)",
+            ["route", "channel", "result"],
+            registry=registry,
+        )
+
+
+class CommsStage:
+    name = "comms"
+    topics = (TOPIC_INCIDENTS,)
+
+    def __init__(
+        self,
+        eventlog: EventLog,
+        store: IncidentStore,
+        *,
+        ledger: EffectsLedger,
+        routing: Routing,
+        renderer: Renderer,
+        channels: Mapping[str, Channel],
+        metrics: CommsMetrics,
+        public_url: str = "",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease: float = 120.0,
+        cadence_every: float = 1.0,
+    ) -> None:
+        self.log = eventlog
+        self.store = store
+        self.ledger = ledger
+        self.routing = routing
+        self.renderer = renderer
+        self.channels = dict(channels)
+        """By channel kind; ``console`` must be there: it takes every unconfigured route."""
+        self.metrics = metrics
+        self.public_url = public_url.rstrip("/")
+        self.clock = clock
+        self.lease = lease
+        self.cadence_every = timedelta(seconds=cadence_every)
+        self.holder = default_holder()
+        self._next_cadence: datetime | None = None
+        self._slots_done: dict[tuple[str, str], int] = {}
+
+    # -- incident events ---------------------------------------------------------------------
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        for record in records:
+            env = record.decode(IncidentEnvelope)
+            kind = KINDS.get(env.type)
+            if kind is None:
+                continue
+            incident = env.data.incident
+            routes = self.routing.routes(incident.severity)
+            if not routes:
+                await self._suppressed(env, kind, "no route for " + incident.severity)
+            for route in routes:
+                message = self._message(
+                    incident,
+                    kind,
+                    route,
+                    effect_id=derived_event_id(env.id, "notify", route.name, kind),
+                    cause=env.id,
+                    previous=env.data.previous_severity,
+                    change=env.data.change,
+                )
+                await self.deliver(message, route)
+
+    async def _suppressed(self, env: IncidentEnvelope, kind: MessageKind, reason: str) -> None:
+        incident = env.data.incident
+        effect_id = derived_event_id(env.id, "notify", "none", kind)
+        data = NotificationEventData(
+            incident_id=incident.id,
+            incident_version=incident.version,
+            severity=incident.severity,
+            effect_id=effect_id,
+            kind=kind,
+            route="none",
+            channel="none",
+            audience="none",
+            subject="",
+            cause=env.id,
+            reason=reason,
+            source="decided",
+        )
+        self.metrics.notifications.labels("none", "none", "suppressed").inc()
+        await self._publish(NOTIFICATION_SUPPRESSED, effect_id, data)
+
+    # -- cadence -----------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        now = self.clock()
+        if self._next_cadence is not None and now < self._next_cadence:
+            return
+        self._next_cadence = now + self.cadence_every
+        await self.send_due_updates(now)
+
+    async def send_due_updates(self, now: datetime) -> int:
+        """Post the cadence updates due by ``now``; returns how many were decided now."""
+        cadence = self.routing.cadence
+        every = {
+            "incident_channel": cadence.channel_every,
+            "leadership_email": cadence.leadership_every,
+        }
+        decided = 0
+        open_incidents = await self.store.list_incidents(IncidentQuery(status="open", limit=1000))
+        for incident in open_incidents:
+            if incident.severity not in cadence.severities:
+                continue
+            for route in self.routing.routes(incident.severity):
+                if route.name not in every:
+                    continue
+                period = every[route.name]
+                slot = int((now - incident.opened_at) / period)
+                if slot < 1 or self._slots_done.get((incident.id, route.name), 0) >= slot:
+                    continue
+                message = self._message(
+                    incident,
+                    "update",
+                    route,
+                    effect_id=derived_event_id(_ulid(incident.id), "update", route.name, str(slot)),
+                    update_number=slot,
+                    next_update=period,
+                )
+                await self.deliver(message, route)
+                self._slots_done[(incident.id, route.name)] = slot
+                decided += 1
+        return decided
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _message(
+        self,
+        incident: Incident,
+        kind: MessageKind,
+        route: Route,
+        *,
+        effect_id: str,
+        cause: str = "",
+        previous: str | None = None,
+        change: str = "",
+        update_number: int = 0,
+        next_update: timedelta | None = None,
+    ) -> Message:
+        links = Links(
+            incident=f"{self.public_url}/api/v1/incidents/{incident.id}" if self.public_url else "",
+            runbook=self.routing.runbook_url,
+        )
+        components = self.routing.components_of(incident.key)
+        ctx = Context(
+            kind,
+            incident,
+            links,
+            components=components,
+            previous_severity=previous,  # type: ignore[arg-type]
+            change=change,
+            update_number=update_number,
+            next_update=next_update,
+        )
+        text = self.renderer.render(ctx, public=route.public)
+        return Message(
+            effect_id=effect_id,
+            incident=incident,
+            kind=kind,
+            route=route.name,
+            audience=route.audience,
+            subject=text.subject,
+            text=text.text,
+            html=text.html,
+            public=route.public,
+            links=links,
+            components=components,
+            cause=cause,
+        )
+
+    def channel_for(self, route: Route) -> Channel:
+        return self.channels.get(route.channel) or self.channels["console"]
+
+    async def deliver(self, message: Message, route: Route) -> EffectResult:
+        """Send ``message`` once (see the module doc) and publish what became of it."""
+        channel = self.channel_for(route)
+        result = await self._send(channel, message, route)
+        failed = result.status == "failed"
+        data = NotificationEventData(
+            incident_id=message.incident.id,
+            incident_version=message.incident.version,
+            severity=message.incident.severity,
+            effect_id=message.effect_id,
+            kind=message.kind,
+            route=message.route,
+            channel=channel.name,
+            audience=message.audience,
+            subject=message.subject,
+            cause=message.cause or None,
+            outcome={} if failed else dict(result.outcome),
+            reason=_reason(result.outcome) if failed else None,
+            source=result.source,
+        )
+        self.metrics.notifications.labels(route.name, channel.name, result.status).inc()
+        await self._publish(
+            NOTIFICATION_FAILED if failed else NOTIFICATION_SENT, message.effect_id, data
+        )
+        return result
+
+    async def _send(self, channel: Channel, message: Message, route: Route) -> EffectResult:
+        if not route.threaded:
+            return await self._perform(message.effect_id, channel, message, None)
+        root_id = derived_event_id(_ulid(message.incident.id), "root", route.name)
+        root = await self.ledger.get(root_id)
+        thread = root.outcome if root is not None and root.state == "succeeded" else None
+        result = await self._perform(message.effect_id, channel, message, thread)
+        if thread is None and result.status == "succeeded":
+            # This message is the incident's first on the route: later ones follow it. Done
+            # again on redelivery if a crash came between (the redelivered batch comes first).
+            async def point(token: int) -> Outcome:
+                return result.outcome
+
+            async def nothing() -> Outcome | None:
+                return None
+
+            await perform(
+                self.ledger, root_id, holder=self.holder, lease=self.lease, do=point, check=nothing
+            )
+        return result
+
+    async def _perform(
+        self, effect_id: str, channel: Channel, message: Message, thread: Outcome | None
+    ) -> EffectResult:
+        async def do(token: int) -> Outcome:
+            return {**await channel.send(message, thread), "message": message.effect_id}
+
+        async def check() -> Outcome | None:
+            found = await channel.check(message, thread)
+            return None if found is None else {**found, "message": message.effect_id}
+
+        return await perform(
+            self.ledger, effect_id, holder=self.holder, lease=self.lease, do=do, check=check
+        )
+
+    async def _publish(self, type_: str, effect_id: str, data: NotificationEventData) -> None:
+        env = Envelope(
+            id=derived_event_id(effect_id, type_),
+            type=type_,
+            source=SOURCE,
+            time=datetime.now(UTC),
+            subject=data.incident_id,
+            data=data.model_dump(mode="json"),
+        )
+        # The same id again after a redelivery: the log drops it where it can tell.
+        await self.log.append(TOPIC_NOTIFICATIONS, [env], dedup_keys=[env.id])
+
+
+def _ulid(incident_id: str) -> str:
+    """The ULID an incident id is made of, for ids derived from the incident."""
+    return incident_id.removeprefix("inc-").upper()
+
+
+def _reason(outcome: Mapping[str, object]) -> str:
+    error = str(outcome.get("error", "failed"))
+    return error.split(":", 1)[0].strip() or "failed"
+
+
+__all__ = ["CONSUMER_GROUP", "ROUTES", "CommsMetrics", "CommsStage"]
