@@ -1,4 +1,5 @@
-"""The incidents API: list, show with timeline, page through alerts, a person's severity decision.
+"""The incidents API: list, show with timeline, page through alerts, a person's decisions
+(severity, acknowledge, take command).
 
 The API writes a severity decision and its event to the store (state and outbox in one
 transaction) and leaves relaying to the stages' relayer: it never publishes to the log itself.
@@ -11,14 +12,15 @@ import binascii
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from classifier.lifecycle import set_severity
+from classifier.changes import Change
+from classifier.people import acknowledge, set_severity, take_command
 from schemas import TOPIC_INCIDENTS, Envelope, derived_event_id, new_event_id
 from schemas.alertmanager import AlertStatus
 from schemas.incidents import Incident, IncidentAlert
@@ -40,6 +42,22 @@ Authorize = Callable[[web.Request], str | None]
 MAX_LIMIT = 1000
 ALERTS_PAGE = 100
 MAX_IDEMPOTENCY_KEY = 255
+
+
+Decide = Callable[[Incident, str], "tuple[Incident, Change] | None"]
+"""Given the incident and the request's event id: its new version and event, or None."""
+
+
+class PersonAct(Protocol):
+    def __call__(
+        self, incident: Incident, *, actor: str, at: datetime, request_id: str
+    ) -> tuple[Incident, Change] | None: ...
+
+
+class PersonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(None, max_length=2000)
 
 
 class SeverityChange(BaseModel):
@@ -142,6 +160,8 @@ class IncidentsApi:
             web.get("/api/v1/incidents/{id}", self.show),
             web.get("/api/v1/incidents/{id}/alerts", self.alerts),
             web.post("/api/v1/incidents/{id}/severity", self.set_severity),
+            web.post("/api/v1/incidents/{id}/acknowledge", self.acknowledge),
+            web.post("/api/v1/incidents/{id}/commander", self.commander),
         ]
 
     def _refuse(self) -> web.Response:
@@ -219,11 +239,61 @@ class IncidentsApi:
                 f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
                 field="Idempotency-Key",
             )
+        actor = change.actor or caller
+
+        def decide(incident: Incident, request_id: str) -> tuple[Incident, Change]:
+            return set_severity(
+                incident,
+                change.severity,
+                reason=change.reason,
+                actor=actor,
+                at=datetime.now(UTC),
+                request_id=request_id,
+            )
+
+        return await self._respond(request, decide, key and f"{caller}\x1f{key}", "severity")
+
+    async def acknowledge(self, request: web.Request) -> web.Response:
+        """Records who acknowledged the incident first (the caller) and when."""
+        return await self._person(request, "acknowledge", acknowledge)
+
+    async def commander(self, request: web.Request) -> web.Response:
+        """The caller becomes the incident commander (a handover if someone else was)."""
+        return await self._person(request, "commander", take_command)
+
+    async def _person(self, request: web.Request, what: str, act: PersonAct) -> web.Response:
+        caller = self.authorize(request)
+        if caller is None:
+            return self._refuse()
+        raw = await request.read()
+        try:
+            # The acting person is who the credentials say, never what the body says: it
+            # may hold a note, and anything else is refused.
+            body = PersonBody.model_validate_json(raw) if raw.strip() else PersonBody()
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in err["loc"]) or "body"
+            return _error(400, f"{field}: {err['msg']}", field=field)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+            return _error(
+                400,
+                f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                field="Idempotency-Key",
+            )
+
+        def decide(incident: Incident, request_id: str) -> tuple[Incident, Change] | None:
+            return act(incident, actor=caller, at=datetime.now(UTC), request_id=request_id)
+
+        del body  # the note is for the caller's records; the event names the actor
+        return await self._respond(request, decide, key and f"{caller}\x1f{key}", what)
+
+    async def _respond(
+        self, request: web.Request, decide: Decide, key: str | None, what: str
+    ) -> web.Response:
         incident_id = request.match_info["id"]
         try:
-            incident, replayed = await self._apply(
-                incident_id, change, change.actor or caller, key and f"{caller}\x1f{key}"
-            )
+            incident, replayed = await self._apply(incident_id, decide, key, what)
         except LookupError as exc:
             return _error(404, str(exc))
         except StoreError as exc:
@@ -234,39 +304,29 @@ class IncidentsApi:
         return response
 
     async def _apply(
-        self, incident_id: str, change: SeverityChange, actor: str, key: str | None
+        self, incident_id: str, decide: Decide, key: str | None, what: str
     ) -> tuple[Incident, bool]:
-        """The change, stored with its event; with an idempotency key that was used before on
-        this incident, the incident as it is and True (nothing is changed again)."""
+        """The decision, stored with its event; with an idempotency key that was used before
+        on this incident, the incident as it is and True (nothing is changed again)."""
         if key is None:
             request_id = new_event_id()
         else:
             # The incident id keeps its opening event's time prefix; an id derived from it and
             # the key is the same on every retry of the request.
-            request_id = derived_event_id(incident_id[4:].upper(), "severity", key)
+            request_id = derived_event_id(incident_id[4:].upper(), what, key)
             if await self.store.caused(incident_id, request_id):
-                incident = await self.store.get_incident(incident_id)
-                if incident is None:
-                    raise LookupError(f"no incident {incident_id}")
-                return incident, True
+                return await self._get(incident_id), True
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(StoreConflict), stop=stop_after_attempt(10), reraise=True
         ):
             with attempt:
-                incident = await self.store.get_incident(incident_id)
-                if incident is None:
-                    raise LookupError(f"no incident {incident_id}")
+                incident = await self._get(incident_id)
+                decided = decide(incident, request_id)
+                if decided is None:
+                    return incident, False  # already so: nothing to record
+                updated, event = decided
                 groups = await self.store.load_groups([incident.key])
                 group = groups[incident.key]
-                now = datetime.now(UTC)
-                updated, event = set_severity(
-                    incident,
-                    change.severity,
-                    reason=change.reason,
-                    actor=actor,
-                    at=now,
-                    request_id=request_id,
-                )
                 changed_groups = []
                 if group.incident is not None and group.incident.id == incident_id:
                     group.incident = updated
@@ -276,5 +336,11 @@ class IncidentsApi:
                     [IncidentWrite(updated, incident.version)],
                     [OutboxEvent(TOPIC_INCIDENTS, incident_id, event.envelope())],
                 )
-        log.info("incident %s severity set to %s by %s", incident_id, change.severity, actor)
+        log.info("incident %s: %s", incident_id, event.change)
         return updated, False
+
+    async def _get(self, incident_id: str) -> Incident:
+        incident = await self.store.get_incident(incident_id)
+        if incident is None:
+            raise LookupError(f"no incident {incident_id}")
+        return incident

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 
 from classifier.changes import (
     Change,
-    clip,
     parts,
 )
 from classifier.fold_parts import (
@@ -41,9 +40,9 @@ from schemas.incidents import (
     IncidentAlert,
     IncidentEventType,
 )
-from schemas.severity import Classification, Severity, highest, is_more_severe
+from schemas.severity import Classification, highest, is_more_severe
 
-__all__ = ["AlertInput", "Change", "Fold", "apply_alert", "expire_grace", "set_severity"]
+__all__ = ["AlertInput", "Change", "Fold", "apply_alert", "expire_grace"]
 
 
 class AlertInput:
@@ -383,29 +382,3 @@ def grace_deadline(incident: Incident, resolve_grace: timedelta) -> datetime | N
     if incident.status != "open" or incident.resolving_since is None:
         return None
     return incident.resolving_since + resolve_grace
-
-
-def set_severity(
-    incident: Incident,
-    severity: Severity,
-    *,
-    reason: str,
-    actor: str,
-    at: datetime,
-    request_id: str,
-) -> tuple[Incident, Change]:
-    """A person's decision: may lower or raise; recorded with who and why."""
-    updated = incident.model_copy(
-        update={
-            "severity": severity,
-            "severity_source": "manual",
-            "reasons": (clip(f"set by {actor}: {reason}"),),
-            "updated_at": max(at, incident.updated_at),
-            "version": incident.version + 1,
-        }
-    )
-    type_: IncidentEventType = (
-        INCIDENT_ESCALATED if is_more_severe(severity, incident.severity) else INCIDENT_UPDATED
-    )
-    change = f"severity {incident.severity} -> {severity} set by {actor}: {reason}"
-    return updated, Change(request_id, type_, updated, change, incident.severity, actor)

@@ -117,6 +117,9 @@ def _internal(ctx: Context) -> dict[str, Any]:
         "update_number": ctx.update_number,
         "open_for": _span(ctx.update_number * ctx.next_update if ctx.next_update else None),
         "waited": _span(ctx.waited),
+        "acknowledged_by": inc.acknowledged_by or "",
+        "acknowledged_at": _when(inc.acknowledged_at),
+        "commander": inc.commander or "",
     }
 
 

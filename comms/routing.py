@@ -105,6 +105,11 @@ class Routing(_Model):
         default_factory=lambda: dict(DEFAULT_ROUTES)
     )
     cadence: Cadence = Field(default_factory=Cadence)
+    acknowledge_within: Duration = Field(
+        timedelta(minutes=5),
+        description="an open incident of the cadence's severities nobody acknowledged by then "
+        "is told to leadership",
+    )
     components: dict[str, str] = Field(
         default_factory=dict,
         description="label value in an incident's group key -> component name (status pages)",

@@ -52,10 +52,14 @@ KINDS: Final[dict[str, MessageKind]] = {
     "incident.escalated": "escalated",
     "incident.reopened": "reopened",
     "incident.resolved": "resolved",
+    "incident.acknowledged": "acknowledged",
+    "incident.commander": "commander",
 }
 """Incident events that are news to people; ``incident.updated`` (alerts coming and going
 inside an open incident) is told by the cadence, so a storm is never a message per alert."""
-CADENCE_ROUTES: Final = ("incident_channel", "leadership_email")
+PEOPLE_KINDS: Final = frozenset({"acknowledged", "commander"})
+CHAT_ROUTES: Final = frozenset({"outbox", "incident_channel", "team_channel"})
+"""Where who acknowledged and who commands is said: the responders' own channels."""
 
 
 class CommsMetrics:
@@ -114,6 +118,8 @@ class CommsStage:
                 continue
             incident = env.data.incident
             routes = self.routing.routes(incident.severity)
+            if kind in PEOPLE_KINDS:
+                routes = tuple(r for r in routes if r.name in CHAT_ROUTES)
             if not routes:
                 await self._suppressed(env, kind, "no route for " + incident.severity)
             for route in routes:
@@ -158,7 +164,8 @@ class CommsStage:
         await self.send_due_updates(now)
 
     async def send_due_updates(self, now: datetime) -> int:
-        """Post the cadence updates due by ``now``; returns how many were decided now."""
+        """Post the cadence updates due by ``now``, and tell leadership of an incident nobody
+        acknowledged in time; returns how many messages were decided now."""
         cadence = self.routing.cadence
         every = {
             "incident_channel": cadence.channel_every,
@@ -169,6 +176,7 @@ class CommsStage:
         for incident in open_incidents:
             if incident.severity not in cadence.severities:
                 continue
+            decided += await self._unacknowledged(incident, now)
             for route in self.routing.routes(incident.severity):
                 if route.name not in every:
                     continue
@@ -189,6 +197,25 @@ class CommsStage:
                 decided += 1
         return decided
 
+    async def _unacknowledged(self, incident: Incident, now: datetime) -> int:
+        waited = self.routing.acknowledge_within
+        key = (incident.id, "unacknowledged")
+        if incident.acknowledged_at is not None or now - incident.opened_at < waited:
+            return 0
+        if self._slots_done.get(key):
+            return 0
+        route = ROUTES["leadership_email"]  # whatever the severity's routes: the runbook says so
+        message = self._message(
+            incident,
+            "unacknowledged",
+            route,
+            effect_id=derived_event_id(_ulid(incident.id), "unacknowledged"),
+            waited=waited,
+        )
+        await self.deliver(message, route)
+        self._slots_done[key] = 1
+        return 1
+
     # -- sending -----------------------------------------------------------------------------
 
     def _message(
@@ -203,6 +230,7 @@ class CommsStage:
         change: str = "",
         update_number: int = 0,
         next_update: timedelta | None = None,
+        waited: timedelta | None = None,
     ) -> Message:
         links = Links(
             incident=f"{self.public_url}/api/v1/incidents/{incident.id}" if self.public_url else "",
@@ -218,6 +246,7 @@ class CommsStage:
             change=change,
             update_number=update_number,
             next_update=next_update,
+            waited=waited,
         )
         text = self.renderer.render(ctx, public=route.public)
         return Message(

@@ -21,12 +21,16 @@ INCIDENT_ESCALATED: Final = "incident.escalated"
 INCIDENT_UPDATED: Final = "incident.updated"
 INCIDENT_RESOLVED: Final = "incident.resolved"
 INCIDENT_REOPENED: Final = "incident.reopened"
+INCIDENT_ACKNOWLEDGED: Final = "incident.acknowledged"
+INCIDENT_COMMANDER: Final = "incident.commander"
 INCIDENT_EVENT_TYPES: Final = (
     INCIDENT_OPENED,
     INCIDENT_ESCALATED,
     INCIDENT_UPDATED,
     INCIDENT_RESOLVED,
     INCIDENT_REOPENED,
+    INCIDENT_ACKNOWLEDGED,
+    INCIDENT_COMMANDER,
 )
 IncidentEventType = Literal[
     "incident.opened",
@@ -34,6 +38,8 @@ IncidentEventType = Literal[
     "incident.updated",
     "incident.resolved",
     "incident.reopened",
+    "incident.acknowledged",
+    "incident.commander",
 ]
 IncidentStatus = Literal["open", "resolved"]
 
@@ -89,6 +95,10 @@ class Incident(BaseModel):
         "period unless one fires again",
     )
     version: int = Field(1, description="grows by one with every event about this incident")
+    acknowledged_by: str | None = Field(None, description="who acknowledged it first")
+    acknowledged_at: datetime | None = None
+    commander: str | None = Field(None, description="the incident commander, who took it")
+    commander_since: datetime | None = None
 
 
 class IncidentEventData(BaseModel):

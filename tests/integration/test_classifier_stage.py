@@ -33,7 +33,8 @@ from incident_support import (
 )
 
 from classifier.backtest import backtest
-from classifier.lifecycle import AlertInput, Change, set_severity
+from classifier.lifecycle import AlertInput, Change
+from classifier.people import set_severity
 from classifier.policy import default_policy, load_policy
 from classifier.rebuild import rebuild_store
 from classifier.stage import CONSUMER_GROUP, decide, fingerprints

@@ -20,11 +20,16 @@ from comms_support import (
 )
 from incident_support import alert_json, webhook
 
+from classifier.people import acknowledge
 from comms.routing import Routing
+from runtime.relay import relay_outbox
+from schemas import TOPIC_INCIDENTS
 from schemas.notifications import NotificationEventData
 from store import IncidentQuery
+from store.base import IncidentWrite, OutboxEvent
 
 GK = '{}:{service="checkout"}'
+ACK = "01JNQ0000000000000000000AK"
 STORM = 10_000
 
 
@@ -176,12 +181,15 @@ async def test_updates_follow_the_cadence_and_a_restart_neither_repeats_nor_skip
                 stage = c.stage(slack=slack)  # a restart: nothing kept in memory
             return await stage.send_due_updates(c.now[0])
 
+        assert await at(4) == 0
+        assert await at(5) == 1  # nobody acknowledged it: leadership is told, once
         assert await at(14) == 0
         assert await at(15) == 1  # the channel's first update
         assert await at(16) == 0
-        assert await at(29, fresh=True) == 1  # restarted: update 1 decided again, found done
+        # Restarted: update 1 and the unacknowledged notice decided again, found done.
+        assert await at(29, fresh=True) == 2
         assert await at(30) == 2  # channel update 2, leadership update 1
-        assert await at(31, fresh=True) == 2  # again: both found done
+        assert await at(31, fresh=True) == 3  # again: all found done
         updates = [m for m, _ in c.posted.posts if m.kind == "update"]
         events = await c.notifications()
     assert [(m.route, m.effect_id) for m in updates] == [
@@ -195,6 +203,8 @@ async def test_updates_follow_the_cadence_and_a_restart_neither_repeats_nor_skip
         if data(e.data).route == "leadership_email" and data(e.data).kind == "update"
     ]
     assert [d.channel for d in leadership] == ["console"]  # one update, sent once
+    unacked = [data(e.data) for e in events if data(e.data).kind == "unacknowledged"]
+    assert [(d.route, d.source) for d in unacked] == [("leadership_email", "performed")]
     assert {data(e.data).source for e in events} <= {
         "performed",
         "recorded",
@@ -240,3 +250,35 @@ async def test_routing_decides_the_routes_and_sev3_goes_to_the_outbox_only(
         ("SEV-1", "team_channel", "slack"),
         ("SEV-3", "outbox", "console"),
     ]
+
+
+async def test_acknowledging_is_said_in_the_channel_and_stops_the_leadership_escalation(
+    tmp_path: Path,
+) -> None:
+    async with open_comms(tmp_path) as c:
+        slack = RecordingChannel(c.posted)
+        stage = c.stage(slack=slack)
+        await c.incidents_from(sev1(GK, "a1"))
+        await run(stage, c.subscribe())
+        [incident] = await c.store.list_incidents(IncidentQuery())
+        decided = acknowledge(
+            incident, actor="erin", at=incident.opened_at + timedelta(minutes=2), request_id=ACK
+        )
+        assert decided is not None
+        acked, change = decided
+        await c.store.save(
+            [],
+            [IncidentWrite(acked, incident.version)],
+            [OutboxEvent(TOPIC_INCIDENTS, incident.id, change.envelope())],
+        )
+        await relay_outbox(c.store, c.log)
+        await run(stage, c.subscribe())
+        c.now[0] = incident.opened_at + timedelta(minutes=10)
+        assert await stage.send_due_updates(c.now[0]) == 0
+        events = [data(e.data) for e in await c.notifications()]
+    (_, _), (said, thread) = c.posted.posts
+    assert said.kind == "acknowledged"
+    assert "acknowledged by erin" in said.subject
+    assert thread is not None  # in the incident's thread
+    assert [d.route for d in events if d.kind == "acknowledged"] == ["incident_channel"]
+    assert not [d for d in events if d.kind == "unacknowledged"]

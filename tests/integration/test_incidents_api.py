@@ -555,3 +555,55 @@ async def test_a_severity_change_retried_with_its_idempotency_key_is_made_once(a
         inc["id"], change, headers={"Idempotency-Key": "x" * 300}
     )
     assert (status, body["field"]) == (400, "Idempotency-Key")
+
+
+# -- people: acknowledge, take command ---------------------------------------------------------
+
+
+async def post_person(
+    api: Api, incident_id: str, what: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    async with api.client.post(
+        f"/api/v1/incidents/{incident_id}/{what}",
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    ) as resp:
+        answer = resp.status, await resp.json()
+    await relay_outbox(api.store, api.log)
+    return answer
+
+
+async def test_acknowledge_and_command_name_the_caller_never_the_body(tmp_path: Path) -> None:
+    creds = Credentials(bearer_token=TOKEN, basic_username="erin", basic_password="pw")
+    async with open_api(tmp_path, creds) as api:
+        await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="outage"))
+        [inc] = await api.incidents()
+        before = await incident_events(api.log)
+
+        assert (await post_person(api, inc["id"], "acknowledge"))[0] == 401
+        status, body = await post_person(
+            api, inc["id"], "acknowledge", b'{"actor": "mallory"}', basic("erin", "pw")
+        )
+        assert (status, body["field"]) == (400, "actor")
+        assert await incident_events(api.log) == before  # refused: nothing changed
+
+        status, body = await post_person(
+            api, inc["id"], "acknowledge", b'{"note": "on it"}', basic("erin", "pw")
+        )
+        assert status == 200, body
+        assert body["acknowledged_by"] == "erin"
+        assert body["acknowledged_at"] is not None
+        again = await post_person(api, inc["id"], "acknowledge", b"", basic("erin", "pw"))
+        assert again[1]["acknowledged_at"] == body["acknowledged_at"]  # the first one stands
+
+        status, body = await post_person(api, inc["id"], "commander", b"", basic("erin", "pw"))
+        assert (status, body["commander"]) == (200, "erin")
+        unknown = await post_person(api, "inc-nope", "commander", b"", basic("erin", "pw"))
+        assert unknown[0] == 404
+
+        events = (await incident_events(api.log))[len(before) :]
+    assert [(e.type, e.data["actor"]) for e in events] == [
+        ("incident.acknowledged", "erin"),
+        ("incident.commander", "erin"),
+    ]
+    assert events[-1].data["incident"]["commander"] == "erin"

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from classifier.grouping import incident_key
-from classifier.lifecycle import AlertInput, apply_alert, set_severity
+from classifier.lifecycle import AlertInput, apply_alert
+from classifier.people import set_severity
 from classifier.policy import Policy
 from classifier.stage import decide
 from schemas import AlertEventData, Envelope, GroupContext
