@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(ingest, server=True)
     classify = sub.add_parser("classify", help="the classifier stage alone (metrics on --port)")
     _add_settings_args(classify, server=True)
+    notify = sub.add_parser("notify", help="the comms stage alone (metrics on --port)")
+    _add_settings_args(notify, server=True)
 
     replay = sub.add_parser("replay", help="print the event log")
     _add_settings_args(replay, server=False)
@@ -97,7 +99,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-ROLES_OF = {"run": {"ingest", "classify"}, "ingest": {"ingest"}, "classify": {"classify"}}
+ROLES_OF = {
+    "run": {"ingest", "classify", "notify"},
+    "ingest": {"ingest"},
+    "classify": {"classify"},
+    "notify": {"notify"},
+}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -215,6 +222,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_serve,
     "ingest": _cmd_serve,
     "classify": _cmd_serve,
+    "notify": _cmd_serve,
     "replay": _cmd_replay,
     "send": _cmd_send,
     "schemas": _cmd_schemas,

@@ -1,4 +1,5 @@
-"""The server processes: ``sevpipe run`` (every stage), ``sevpipe ingest``, ``sevpipe classify``."""
+"""The server processes: ``sevpipe run`` (every stage), ``sevpipe ingest``, ``classify``,
+``notify``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -20,11 +21,14 @@ from classifier.stage import CONSUMER_GROUP, ClassifierMetrics, ClassifierStage
 from eventlog import EventLog
 from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
 from schemas import TOPIC_ALERTS
-from sevpipe.backends import describe, open_eventlog, open_store
+from sevpipe.backends import describe, open_effects_ledger, open_eventlog, open_store
 from sevpipe.backpressure import Backpressure, LagWatch
+from sevpipe.comms_wiring import comms_runtime
 from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
+from sevpipe.status_http import status_routes
 from store import IncidentStore
+from store.effects import EffectsLedger
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +69,15 @@ def authorizer(creds: Credentials) -> Callable[[web.Request], str | None]:
     return authorize
 
 
-ROLES = frozenset({"ingest", "classify"})
+ROLES = frozenset({"ingest", "classify", "notify"})
 
 
 async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
     """Serve ``roles`` until SIGINT/SIGTERM, then drain: HTTP, then the stage, then backends.
 
     ``ingest`` is the HTTP edge (receiver and incidents API); ``classify`` is the classifier
-    stage. Every process also serves /healthz, /readyz and /metrics. Returns the exit code.
+    stage; ``notify`` the comms stage. Every process also serves /healthz, /readyz and
+    /metrics. Returns the exit code.
     """
     if "ingest" in roles:
         settings.check_exposure()
@@ -80,10 +85,12 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
     creds = settings.credentials()
     registry = CollectorRegistry()
     log.info("starting %s on %s", "+".join(sorted(roles)), describe(settings))
-    async with (
-        open_eventlog(settings, wait=True) as eventlog,
-        open_store(settings, wait=True) as store,
-    ):
+    async with contextlib.AsyncExitStack() as backends:
+        eventlog = await backends.enter_async_context(open_eventlog(settings, wait=True))
+        store = await backends.enter_async_context(open_store(settings, wait=True))
+        ledger = None
+        if "notify" in roles:
+            ledger = await backends.enter_async_context(open_effects_ledger(settings, wait=True))
         stop = asyncio.Event()
         parts = _Parts.start(
             settings,
@@ -91,10 +98,11 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             policy=policy,
             eventlog=eventlog,
             store=store,
+            ledger=ledger,
             registry=registry,
             stop=stop,
         )
-        stage, backpressure = parts.stage, parts.backpressure
+        backpressure = parts.backpressure
         routes: list[web.RouteDef] = []
         if "ingest" in roles:
             receiver = Receiver(
@@ -105,12 +113,13 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             )
             api = IncidentsApi(store, authorizer(creds))
             routes += [*receiver.routes(), *api.routes()]
+            routes += status_routes(store, settings.routing(), templates_dir=settings.templates_dir)
         app = build_app(
             routes,
             eventlog,
             registry,
             settings.max_body_bytes,
-            stages={stage.name: stage.ready} if stage is not None else None,
+            stages=parts.ready or None,
             gate_on_stages="ingest" not in roles,
         )
         in_flight = InFlight()
@@ -123,7 +132,7 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
                 await site.start()
                 _announce(runner, settings, roles)
-                failed = await _wait_for_signal_or(signalled, parts.stage_task)
+                failed = await _wait_for_signal_or(signalled, parts.tasks)
             log.info("shutting down: draining in-flight work")
             await in_flight.drain(runner, settings.shutdown_timeout)
         finally:
@@ -142,6 +151,8 @@ class _Parts:
     stage_task: asyncio.Task[None] | None = None
     backpressure: Backpressure | None = None
     watch_task: asyncio.Task[None] | None = None
+    comms_task: asyncio.Task[None] | None = None
+    ready: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     @classmethod
     def start(
@@ -152,10 +163,15 @@ class _Parts:
         policy: Policy | None,
         eventlog: EventLog,
         store: IncidentStore,
+        ledger: EffectsLedger | None,
         registry: CollectorRegistry,
         stop: asyncio.Event,
     ) -> _Parts:
         parts = cls()
+        if ledger is not None:
+            runtime = comms_runtime(settings, eventlog, store, ledger, registry)
+            parts.ready["comms"] = runtime.ready
+            parts.comms_task = asyncio.create_task(runtime.run(stop), name="sevpipe-comms")
         group = settings.consumer_group_prefix + CONSUMER_GROUP
         paced = "ingest" in roles and settings.ingest_max_lag > 0
         lag: Callable[[], int]
@@ -165,6 +181,7 @@ class _Parts:
             )
             registry.register(ConsumerLagCollector(stage.group, stage.lag))
             parts.stage_task = asyncio.create_task(stage.run(stop), name="sevpipe-classifier")
+            parts.ready[stage.name] = stage.ready
             lag = lambda: sum(stage.lag().values())  # noqa: E731
         elif paced:
             watch = LagWatch(lambda: eventlog.group_lag(group, [TOPIC_ALERTS]), registry)
@@ -180,9 +197,13 @@ class _Parts:
                 watch.on_read = bp.progressed
         return parts
 
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [t for t in (self.stage_task, self.comms_task) if t is not None]
+
     async def finish(self, deadline: float) -> None:
-        if self.stage_task is not None:
-            await _finish(self.stage_task, deadline)
+        for task in self.tasks:
+            await _finish(task, deadline)
         if self.watch_task is not None:
             self.watch_task.cancel()  # a lag reading is of no use past here
             with contextlib.suppress(asyncio.CancelledError):
@@ -270,16 +291,15 @@ def _signals() -> Iterator[asyncio.Event]:
             loop.remove_signal_handler(sig)
 
 
-async def _wait_for_signal_or(signalled: asyncio.Event, task: asyncio.Task[None] | None) -> bool:
-    """Wait for a signal, or for the stage to end by itself; True if it failed."""
+async def _wait_for_signal_or(signalled: asyncio.Event, tasks: list[asyncio.Task[None]]) -> bool:
+    """Wait for a signal, or for a stage to end by itself; True if one failed."""
     waiter = asyncio.create_task(signalled.wait())
     try:
-        await asyncio.wait(
-            {waiter} | ({task} if task else set()), return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
-    if task is not None and task.done() and not task.cancelled() and task.exception():
-        log.error("classifier stage died; stopping", exc_info=task.exception())
-        return True
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception():
+            log.error("%s died; stopping", task.get_name(), exc_info=task.exception())
+            return True
     return False

@@ -10,6 +10,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from classifier.policy import Policy, default_policy, load_policy
+from comms.email import EmailConfig
+from comms.routing import Routing, default_routing, load_routing
+from comms.slack import SlackConfig
+from comms.statuspage import StatuspageConfig
 from ingest import Credentials, ReceiverConfig
 from schemas.durations import Seconds
 from schemas.yamlfile import ConfigFileError, YamlDocument
@@ -63,6 +67,24 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="redis://...; locks and rate limits")
     policy_file: Path | None = Field(
         None, description="severity policy YAML; default: the runbook's table (sevpipe policy show)"
+    )
+    routing_file: Path | None = Field(
+        None, description="comms routing YAML; default: the runbook's (comms/default_routing.yaml)"
+    )
+    templates_dir: Path | None = Field(
+        None, description="message templates that replace the shipped ones, file by file"
+    )
+    public_url: str = Field(
+        "", description="sevpipe's URL as people reach it, for links in messages"
+    )
+    slack: SlackConfig | None = Field(None, description="Slack (Web API bot token or webhook)")
+    email: EmailConfig | None = Field(None, description="SMTP for the email routes")
+    statuspage: StatuspageConfig | None = Field(None, description="Atlassian Statuspage")
+    notify_lease: Seconds = Field(
+        60.0,
+        gt=0,
+        description="how long a message's claim lasts; a notify process killed mid-send has "
+        "its messages checked (not resent) by another once this has passed",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
@@ -136,6 +158,14 @@ class Settings(BaseSettings):
     @property
     def effects_path(self) -> Path:
         return self.data_dir / "effects.db"
+
+    def routing(self) -> Routing:
+        if self.routing_file is None:
+            return default_routing()
+        try:
+            return load_routing(self.routing_file)
+        except ConfigFileError as exc:
+            raise SettingsError(f"routing_file: {exc}") from None
 
     def policy(self) -> Policy:
         if self.policy_file is None:
