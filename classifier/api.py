@@ -54,6 +54,9 @@ class PersonAct(Protocol):
     ) -> tuple[Incident, Change] | None: ...
 
 
+PEOPLE: dict[str, PersonAct] = {"acknowledge": acknowledge, "commander": take_command}
+
+
 class PersonBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -260,6 +263,19 @@ class IncidentsApi:
     async def commander(self, request: web.Request) -> web.Response:
         """The caller becomes the incident commander (a handover if someone else was)."""
         return await self._person(request, "commander", take_command)
+
+    async def act_as(
+        self, incident_id: str, what: str, actor: str, key: str | None = None
+    ) -> Incident:
+        """``acknowledge`` or ``commander`` for ``actor`` whom the caller authenticated (the
+        Slack buttons); raises LookupError for an unknown incident, StoreError when away."""
+        act = PEOPLE[what]
+
+        def decide(incident: Incident, request_id: str) -> tuple[Incident, Change] | None:
+            return act(incident, actor=actor, at=datetime.now(UTC), request_id=request_id)
+
+        incident, _ = await self._apply(incident_id, decide, key, what)
+        return incident
 
     async def _person(self, request: web.Request, what: str, act: PersonAct) -> web.Response:
         caller = self.authorize(request)

@@ -94,6 +94,19 @@ class SlackConfig(BaseModel):
     per_channel_interval: float = Field(
         1.0, ge=0, description="seconds between two posts to one Slack channel"
     )
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="the app's signing secret: set, cards carry Acknowledge and I'm commander "
+        "buttons, answered on POST /api/v1/slack/interactions",
+    )
+    signing_secret_file: Path | None = None
+
+    def signing_secret_value(self) -> str | None:
+        if self.signing_secret is not None:
+            return self.signing_secret.get_secret_value().strip() or None
+        if self.signing_secret_file is not None:
+            return self.signing_secret_file.read_text(encoding="utf-8").strip() or None
+        return None
 
     def bot_token(self) -> str:
         if self.token is not None:
@@ -275,6 +288,7 @@ class SlackChannel(_SessionOwner):
     ) -> None:
         self._config = config
         self._token = config.bot_token()
+        self._buttons = config.signing_secret is not None or config.signing_secret_file is not None
         self._retrier = _Retrier(config.max_retry_seconds, sleep)
         self._pacer = _Pacer(config.per_channel_interval, clock, sleep)
         self._client: AsyncWebClient | None = None
@@ -392,7 +406,7 @@ class SlackChannel(_SessionOwner):
         payload: dict[str, Any] = {
             "channel": channel,
             "text": fallback_text(message),
-            "blocks": card(message),
+            "blocks": card(message, buttons=self._buttons),
             "metadata": {
                 "event_type": EVENT_TYPE,
                 "event_payload": {

@@ -86,7 +86,12 @@ def link(url: str, label: str) -> str:
     return f"<{escape(url).replace('|', '%7C')}|{escape(label)}>"
 
 
-def card(message: Message) -> list[Block]:
+ACKNOWLEDGE: Final = "sevpipe_acknowledge"
+COMMANDER: Final = "sevpipe_commander"
+"""The buttons' action ids, as ``POST /api/v1/slack/interactions`` receives them."""
+
+
+def card(message: Message, *, buttons: bool = False) -> list[Block]:
     """The Block Kit card: header, body, links (when any), and what kind of message it is."""
     blocks: list[Block] = [
         {
@@ -121,7 +126,27 @@ def card(message: Message) -> list[Block]:
     blocks.append(
         _context(f"*{escape(message.kind)}* · {incident.severity} · {escape(incident.id)}")
     )
+    if buttons and not message.public and incident.status == "open":
+        blocks.append({"type": "actions", "elements": _buttons(incident.id)})
     return blocks
+
+
+def _buttons(incident_id: str) -> list[Block]:
+    return [
+        {
+            "type": "button",
+            "action_id": ACKNOWLEDGE,
+            "text": {"type": "plain_text", "text": "Acknowledge"},
+            "value": incident_id,
+        },
+        {
+            "type": "button",
+            "action_id": COMMANDER,
+            "text": {"type": "plain_text", "text": "I'm commander"},
+            "value": incident_id,
+            "style": "primary",
+        },
+    ]
 
 
 def _context(text: str) -> Block:

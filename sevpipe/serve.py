@@ -26,6 +26,7 @@ from sevpipe.backpressure import Backpressure, LagWatch
 from sevpipe.comms_wiring import comms_runtime
 from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
+from sevpipe.slack_http import slack_routes
 from sevpipe.status_http import status_routes
 from store import IncidentStore
 from store.effects import EffectsLedger
@@ -114,6 +115,9 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             api = IncidentsApi(store, authorizer(creds))
             routes += [*receiver.routes(), *api.routes()]
             routes += status_routes(store, settings.routing(), templates_dir=settings.templates_dir)
+            secret = settings.slack.signing_secret_value() if settings.slack else None
+            if secret:
+                routes += slack_routes(api, secret)
         app = build_app(
             routes,
             eventlog,

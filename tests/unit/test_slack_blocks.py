@@ -182,3 +182,18 @@ def test_channel_name_is_always_valid_for_slack(title: str) -> None:
     name = channel_name(incident(title=title))
     assert re.fullmatch(r"incident-\d{8}-\d{4}(-[a-z0-9]+)*", name), name
     assert len(name) <= 80
+
+
+def test_cards_carry_the_buttons_only_when_asked_for_internal_open_incidents() -> None:
+    from comms.slack_blocks import ACKNOWLEDGE, COMMANDER
+
+    internal = message()
+    blocks = card(internal, buttons=True)
+    [actions] = [b for b in blocks if b["type"] == "actions"]
+    assert [(e["action_id"], e["value"]) for e in actions["elements"]] == [
+        (ACKNOWLEDGE, internal.incident.id),
+        (COMMANDER, internal.incident.id),
+    ]
+    assert not [b for b in card(internal) if b["type"] == "actions"]
+    public = message(public=True, route="status_page", audience="public")
+    assert not [b for b in card(public, buttons=True) if b["type"] == "actions"]
