@@ -1,4 +1,5 @@
-"""The classifier's commands: policy show, check-config, rebuild, backtest."""
+"""The classifier's commands: policy show, check-config (settings, policy or routing), rebuild,
+backtest."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from classifier.backtest import BacktestReport, backtest
 from classifier.policy import Policy, PolicyError, default_policy, load_policy, policy_yaml
 from classifier.rebuild import rebuild_store
+from comms.render import Renderer
+from comms.routing import Routing, load_routing
 from schemas.yamlfile import ConfigFileError
 from sevpipe.backends import open_eventlog, open_store
+from sevpipe.comms_wiring import channels_of
 from sevpipe.settings import Settings, SettingsError, load_settings
 
+ROUTING_KEYS = frozenset(Routing.model_fields)
 POLICY_KEYS = frozenset(Policy.model_fields)  # group_by, reopen_window, ... make a policy too
 
 
@@ -32,6 +37,13 @@ def check_config(path: Path, out: TextIO) -> None:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         data = None  # the loaders below report it with file and line
+    if isinstance(data, dict) and set(data) and set(data) <= ROUTING_KEYS:
+        try:
+            load_routing(path)
+        except ConfigFileError as exc:
+            raise SettingsError(str(exc)) from None
+        out.write(f"{path}: valid routing\n")
+        return
     if isinstance(data, dict) and POLICY_KEYS & set(data):
         try:
             load_policy(path)
@@ -42,7 +54,14 @@ def check_config(path: Path, out: TextIO) -> None:
     settings = load_settings(path)
     settings.policy()
     settings.credentials()
+    settings.routing()
+    Renderer(settings.templates_dir).check()
+    try:
+        channels = channels_of(settings)  # reads the secret files; connects nowhere
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"comms: {exc}") from None
     what = f" (policy {settings.policy_file})" if settings.policy_file else ""
+    what += f"; channels: {', '.join(sorted(channels))}"
     out.write(f"{path}: valid settings{what}\n")
 
 

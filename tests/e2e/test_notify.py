@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from .harness import Launcher, Server, replay
+from .harness import Launcher, Server, replay, sevpipe
 
 pytestmark = pytest.mark.e2e
 
@@ -91,3 +91,29 @@ async def test_run_tells_the_outbox_once_per_route_and_a_restart_sends_nothing_a
     events = replay(data, "--topic", "sevpipe.notifications")
     assert sorted(e["type"] for e in events) == ["notification.sent"] * 10
     assert len({e["id"] for e in events}) == 10
+
+
+def test_check_config_reads_routing_files_and_the_comms_settings(tmp_path: Path) -> None:
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(
+        "severities:\n  SEV-0: [incident_channel, status_page]\n  SEV-1: [incident_channel]\n"
+        "  SEV-2: [team_chanel]\n  SEV-3: []\ncadence:\n  channel_every: 10m\n"
+    )
+    done = sevpipe("check-config", str(routing))
+    assert done.returncode == 2
+    assert f"{routing}:4: severities.SEV-2.0:" in done.stderr
+    routing.write_text(routing.read_text().replace("team_chanel", "team_channel"))
+    done = sevpipe("check-config", str(routing))
+    assert (done.returncode, done.stdout) == (0, f"{routing}: valid routing\n")
+
+    settings = tmp_path / "sevpipe.yaml"
+    settings.write_text(
+        f"routing_file: {routing}\nslack:\n  token_file: {tmp_path / 'missing-token'}\n"
+    )
+    done = sevpipe("check-config", str(settings))
+    assert done.returncode == 2
+    assert "missing-token" in done.stderr
+    (tmp_path / "missing-token").write_text("xoxb-1\n")
+    done = sevpipe("check-config", str(settings))
+    assert done.returncode == 0, done.stderr
+    assert "channels: console, slack" in done.stdout
