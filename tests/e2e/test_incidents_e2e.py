@@ -396,7 +396,7 @@ rules:
         (
             {"policy.yaml": GOOD_POLICY, "settings.yaml": "policy_file: {dir}/policy.yaml\n"},
             True,
-            "{dir}/settings.yaml: valid settings (policy {dir}/policy.yaml)",
+            "{dir}/settings.yaml: valid settings (policy {dir}/policy.yaml); channels: console",
         ),
         ({"policy.yaml": BAD_POLICY}, False, "{dir}/policy.yaml:5:"),
         (

@@ -84,9 +84,7 @@ async def test_a_notify_killed_mid_post_is_restarted_and_the_post_is_not_repeate
         start = launcher.start
         ingest = await asyncio.to_thread(start, tmp_path / "i", *args, env=env, command="ingest")
         await asyncio.to_thread(start, tmp_path / "c", *args, env=env, command="classify")
-        notify = await asyncio.to_thread(
-            start, tmp_path / "n", *args, env=env, command="notify"
-        )
+        notify = await asyncio.to_thread(start, tmp_path / "n", *args, env=env, command="notify")
         async with aiohttp.ClientSession() as session:
             headers = {"Content-Type": "application/json"}
             async with session.post(ingest.alerts_url, data=sev1(), headers=headers) as resp:
