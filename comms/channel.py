@@ -23,8 +23,9 @@ from typing import Any, Literal, Protocol
 
 from schemas.incidents import Incident
 
-Audience = Literal["team", "leadership", "org", "public"]
-"""Who a message is for. ``org`` and ``public`` get public templates only."""
+Audience = Literal["team", "leadership", "org", "support", "public"]
+"""Who a message is for. ``org``, ``support`` and ``public`` get public templates only: what
+customer support may tell customers is the approved public wording, nothing else."""
 
 MessageKind = Literal[
     "opened",

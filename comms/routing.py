@@ -11,6 +11,7 @@ A route is one of a fixed set, each a channel and an audience:
 | team_email         | email      | team       | internal |
 | leadership_email   | email      | leadership | internal |
 | org_email          | email      | org        | public   |
+| support_email      | email      | support    | public   |
 | status_page        | statuspage | public     | public   |
 
 A route whose channel is not configured goes to the console outbox instead, so the embedded
@@ -39,6 +40,7 @@ RouteName = Literal[
     "team_email",
     "leadership_email",
     "org_email",
+    "support_email",
     "status_page",
 ]
 
@@ -63,6 +65,7 @@ ROUTES: Final[dict[str, Route]] = {
         Route("team_email", "email", "team", public=False, threaded=True),
         Route("leadership_email", "email", "leadership", public=False, threaded=True),
         Route("org_email", "email", "org", public=True, threaded=True),
+        Route("support_email", "email", "support", public=True, threaded=True),
         Route("status_page", "statuspage", "public", public=True, threaded=True),
     )
 }

@@ -21,7 +21,7 @@ from comms_support import (
 from incident_support import alert_json, webhook
 
 from classifier.people import acknowledge
-from comms.routing import Routing
+from comms.routing import Routing, default_routing
 from runtime.relay import relay_outbox
 from schemas import TOPIC_INCIDENTS
 from schemas.notifications import NotificationEventData
@@ -68,8 +68,16 @@ async def test_a_sev1_reaches_its_routes_once_and_unconfigured_ones_go_to_the_ou
 
 async def test_public_routes_never_carry_alert_text(tmp_path: Path) -> None:
     marker = "<!channel> secret-db-host-42"
+    routing = default_routing().model_copy(
+        update={
+            "severities": {
+                **default_routing().severities,
+                "SEV-0": (*default_routing().severities["SEV-0"], "support_email"),
+            }
+        }
+    )
     async with open_comms(tmp_path) as c:
-        stage = c.stage()
+        stage = c.stage(routing)
         body = webhook(GK, alert_json("x1", alertname=marker, impact="outage", service="checkout"))
         await c.incidents_from(body)
         await run(stage, c.subscribe())
@@ -79,9 +87,10 @@ async def test_public_routes_never_carry_alert_text(tmp_path: Path) -> None:
         "team_email",
         "leadership_email",
         "org_email",
+        "support_email",
         "status_page",
     }
-    for route in ("org_email", "status_page"):
+    for route in ("org_email", "support_email", "status_page"):
         assert lines[route]["public"] is True
         assert marker not in lines[route]["subject"] + lines[route]["text"]
         assert "a major outage" in lines[route]["text"]
