@@ -79,6 +79,23 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return _json(status, {"error": message, **extra})
 
 
+def _invalid(exc: ValidationError) -> web.Response:
+    """A 400 naming the first field the body got wrong."""
+    err = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"]) or "body"
+    return _error(400, f"{field}: {err['msg']}", field=field)
+
+
+def _bad_key(key: str | None) -> web.Response | None:
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+        return _error(
+            400,
+            f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
+            field="Idempotency-Key",
+        )
+    return None
+
+
 def incident_json(incident: Incident) -> dict[str, Any]:
     out: dict[str, Any] = incident.model_dump(mode="json")
     return out
@@ -232,16 +249,10 @@ class IncidentsApi:
         try:
             change = SeverityChange.model_validate_json(await request.read())
         except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            return _error(400, f"{field}: {err['msg']}", field=field)
+            return _invalid(exc)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-            return _error(
-                400,
-                f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
-                field="Idempotency-Key",
-            )
+        if (refused := _bad_key(key)) is not None:
+            return refused
         actor = change.actor or caller
 
         def decide(incident: Incident, request_id: str) -> tuple[Incident, Change]:
@@ -287,16 +298,10 @@ class IncidentsApi:
             # may hold a note, and anything else is refused.
             body = PersonBody.model_validate_json(raw) if raw.strip() else PersonBody()
         except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            field = ".".join(str(p) for p in err["loc"]) or "body"
-            return _error(400, f"{field}: {err['msg']}", field=field)
+            return _invalid(exc)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-            return _error(
-                400,
-                f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
-                field="Idempotency-Key",
-            )
+        if (refused := _bad_key(key)) is not None:
+            return refused
 
         def decide(incident: Incident, request_id: str) -> tuple[Incident, Change] | None:
             return act(incident, actor=caller, at=datetime.now(UTC), request_id=request_id)
