@@ -69,6 +69,8 @@ class EmbeddedLog:
         self._wakeup = asyncio.Event()
         self._closed = False
         self.last_offset = 0
+        self.last_of_topic: dict[str, int] = {}
+        """The newest offset of each topic, so a consumer's lag counts its own topics only."""
         """The highest offset in the log as this process knows it (for consumer lag)."""
 
     async def __aenter__(self) -> EmbeddedLog:
@@ -89,6 +91,9 @@ class EmbeddedLog:
         )
         self._batches = BatchWriter(conn)
         self.last_offset = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        self.last_of_topic = dict(
+            conn.execute("SELECT topic, MAX(seq) FROM events GROUP BY topic").fetchall()
+        )
         self._wconn = conn
 
     def _open_reader(self) -> None:
@@ -160,7 +165,9 @@ class EmbeddedLog:
                         p.future.set_exception(error)
                 continue
             for p, result in zip(batch, results, strict=True):
-                self.last_offset = max([self.last_offset, *(o or 0 for o in result.offsets)])
+                newest = max((o or 0 for o in result.offsets), default=0)
+                self.last_offset = max(self.last_offset, newest)
+                self.last_of_topic[p.topic] = max(self.last_of_topic.get(p.topic, 0), newest)
                 if not p.future.done():
                     p.future.set_result(result)
             self._wakeup.set()

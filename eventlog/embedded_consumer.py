@@ -57,11 +57,12 @@ class EmbeddedSubscription:
         self._committed = position
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Offsets between this consumer and the end of the log (offsets are log-wide here,
-        so other topics' events count too: an upper bound)."""
+        """Offsets between this consumer and the newest event of its topics: 0 when it has
+        them all (offsets are log-wide here, so other topics' events between count too)."""
         if self._position is None:
             return {}
-        return {(",".join(self._topics), 0): max(0, self._log.last_offset - self._position)}
+        newest = max((self._log.last_of_topic.get(t, 0) for t in self._topics), default=0)
+        return {(",".join(self._topics), 0): max(0, newest - self._position)}
 
     async def close(self) -> None:
         self._position = None

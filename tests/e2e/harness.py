@@ -7,6 +7,7 @@ settings for the process, such as a backend's (``tests/e2e/backends.py``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import select
@@ -268,3 +269,25 @@ async def incidents_with_alerts(
             return incidents
         incidents = again
     raise AssertionError("the incidents never held still long enough to be read")
+
+
+_LAG_LINE = re.compile(r'^sevpipe_consumer_lag\{[^}]*group="([^"]+)"[^}]*\} (\S+)$', re.M)
+
+
+CAUGHT_UP_TIMEOUT = 60.0
+
+
+async def until_caught_up(session: aiohttp.ClientSession, base_url: str, groups: int) -> None:
+    """Until ``groups`` consumer groups of the process show no lag, twice in a row: every
+    stage has handled what is in the log (so stopping now leaves no work for a restart)."""
+    calm = 0
+    async with asyncio.timeout(CAUGHT_UP_TIMEOUT):
+        while calm < 2:
+            async with session.get(f"{base_url}/metrics") as resp:
+                text = await resp.text()
+            lags: dict[str, float] = {}
+            for group, value in _LAG_LINE.findall(text):
+                lags[group] = lags.get(group, 0.0) + float(value)
+            done = len(lags) >= groups and not any(lags.values())
+            calm = calm + 1 if done else 0
+            await asyncio.sleep(0.2)
