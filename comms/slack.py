@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -29,35 +27,28 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential,
-    wait_random,
-)
 
-from comms.channel import ChannelRefused, ChannelRetry, Message, Outcome
+from comms.channel import ChannelRefused, Message, Outcome
 from comms.slack_blocks import card, channel_name, fallback_text
+from comms.slack_retry import (
+    Pacer,
+    Retrier,
+    Sleep,
+    Transient,
+    api_failure,
+    io_failure,
+    retry_after_of,
+)
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 
 EVENT_TYPE: Final = "sevpipe_notification"
 """The Slack message-metadata event type every post carries."""
 ROUTES: Final = ("incident_channel", "team_channel")
 
-_MAX_ATTEMPTS: Final = 8
 _HISTORY_PAGES: Final = 5
 _PAGE: Final = 200
-# Slack answers these with ok:false yet means "try again", not "never".
-_TRANSIENT_ERRORS: Final = frozenset(
-    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
-)
 # One bad or departed responder must not keep the incident's card from being posted.
 _INVITE_USER_ERRORS: Final = frozenset(
     {
@@ -120,120 +111,6 @@ class SlackConfig(BaseModel):
         return value
 
 
-class _Transient(Exception):
-    """A failure worth retrying. ``ambiguous``: the request may have taken effect anyway."""
-
-    def __init__(self, what: str, retry_after: float | None = None, ambiguous: bool = False):
-        super().__init__(what)
-        self.retry_after = retry_after
-        self.ambiguous = ambiguous
-
-
-def _retry_after(headers: Mapping[str, Any] | None) -> float | None:
-    try:
-        value = float((headers or {}).get("Retry-After", ""))
-    except ValueError:
-        return None
-    return max(value, 0.0) if math.isfinite(value) else None
-
-
-def _api_failure(method: str, exc: SlackApiError) -> Exception:
-    response = exc.response
-    status = int(response.status_code)
-    data = response.data
-    code = data.get("error") if isinstance(data, dict) else None
-    error = str(code) if code else f"http_{status}"
-    if status == 429 or error == "ratelimited":
-        return _Transient(f"{method}: ratelimited", retry_after=_retry_after(response.headers))
-    if status >= 500 or error in _TRANSIENT_ERRORS:
-        return _Transient(f"{method}: {error}", ambiguous=True)
-    return ChannelRefused(error, detail=method)
-
-
-def _io_failure(what: str, exc: BaseException) -> _Transient:
-    # Refused connections never reached Slack; anything later might have.
-    never_sent = isinstance(exc, aiohttp.ClientConnectorError)
-    return _Transient(f"{what}: {type(exc).__name__}", ambiguous=not never_sent)
-
-
-def _wait(fallback: Callable[[RetryCallState], float]) -> Callable[[RetryCallState], float]:
-    def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return exc.retry_after
-        return fallback(state)
-
-    return wait
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.warning("slack %s; retrying in %.1fs", exc, state.upcoming_sleep)
-
-
-class _Retrier:
-    """Retries ``_Transient`` failures in-process for a bounded time, then ``ChannelRetry``."""
-
-    def __init__(self, max_seconds: float, sleep: Sleep) -> None:
-        self._max_seconds = max_seconds
-        self._sleep = sleep
-
-    async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Transient),
-            wait=_wait(wait_exponential(multiplier=0.5, max=8) + wait_random(0, 0.5)),
-            stop=stop_before_delay(self._max_seconds) | stop_after_attempt(_MAX_ATTEMPTS),
-            sleep=self._sleep,
-            before_sleep=_log_retry,
-            reraise=True,
-        )
-        try:
-            async for try_ in retrying:
-                with try_:
-                    return await attempt()
-        except _Transient as exc:
-            raise ChannelRetry(f"slack {exc}", retry_after=exc.retry_after) from None
-        raise AssertionError("tenacity ended without an outcome")
-
-
-class _Pacer:
-    """At most one post per ``interval`` seconds to each Slack channel (Slack's own limit)."""
-
-    def __init__(self, interval: float, clock: Callable[[], float], sleep: Sleep) -> None:
-        self._interval = interval
-        self._clock = clock
-        self._sleep = sleep
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._last: dict[str, float] = {}
-
-    @asynccontextmanager
-    async def slot(self, channel: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(channel, asyncio.Lock())
-        async with lock:
-            wait = self._last.get(channel, -math.inf) + self._interval - self._clock()
-            if wait > 0:
-                await self._sleep(wait)
-            try:
-                yield
-            finally:
-                self._last[channel] = self._clock()
-                self._forget_idle()
-
-    def mark(self, channel: str) -> None:
-        """Count a post to ``channel`` made under another name of it (``#sre`` for its id)."""
-        self._locks.setdefault(channel, asyncio.Lock())
-        self._last[channel] = self._clock()
-
-    def _forget_idle(self) -> None:
-        # Incident channels come and go; keep only the ones that could still make us wait.
-        if len(self._last) < 256:
-            return
-        horizon = self._clock() - self._interval
-        for channel, last in list(self._last.items()):
-            if last < horizon and not self._locks[channel].locked():
-                del self._last[channel], self._locks[channel]
-
-
 def _thread_of(thread: Outcome) -> tuple[str, str]:
     channel, ts = thread.get("channel"), thread.get("ts")
     if not isinstance(channel, str) or not isinstance(ts, str):
@@ -289,8 +166,8 @@ class SlackChannel(_SessionOwner):
         self._config = config
         self._token = config.bot_token()
         self._buttons = config.signing_secret is not None or config.signing_secret_file is not None
-        self._retrier = _Retrier(config.max_retry_seconds, sleep)
-        self._pacer = _Pacer(config.per_channel_interval, clock, sleep)
+        self._retrier = Retrier(config.max_retry_seconds, sleep)
+        self._pacer = Pacer(config.per_channel_interval, clock, sleep)
         self._client: AsyncWebClient | None = None
         self._ids: dict[str, str] = {}
         """Channel names we posted to or looked up, to their ids."""
@@ -353,16 +230,16 @@ class SlackChannel(_SessionOwner):
     async def _call(
         self, method: str, params: dict[str, Any], *, get: bool = False, json: bool = False
     ) -> AsyncSlackResponse:
-        """One Web API call; Slack's answer mapped to ``_Transient`` or ``ChannelRefused``."""
+        """One Web API call; Slack's answer mapped to ``Transient`` or ``ChannelRefused``."""
         client = self._web()
         try:
             if json:
                 return await client.api_call(method, json=params)
             return await client.api_call(method, http_verb="GET" if get else "POST", params=params)
         except SlackApiError as exc:
-            raise _api_failure(method, exc) from None
+            raise api_failure(method, exc) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise _io_failure(method, exc) from None
+            raise io_failure(method, exc) from None
 
     async def _open(self, name: str) -> str:
         """The incident channel's id: created now, or found when an earlier try made it."""
@@ -430,7 +307,7 @@ class SlackChannel(_SessionOwner):
                     return found
             try:
                 posted = await self._call("chat.postMessage", payload, json=True)
-            except _Transient as exc:
+            except Transient as exc:
                 maybe_posted = maybe_posted or exc.ambiguous
                 raise
             self._ids[channel] = str(posted["channel"])
@@ -529,8 +406,8 @@ class SlackWebhookChannel(_SessionOwner):
             raise ValueError("slack: no webhook_url for the incoming-webhook channel")
         self._config = config
         self._url = config.webhook_url
-        self._retrier = _Retrier(config.max_retry_seconds, sleep)
-        self._pacer = _Pacer(config.per_channel_interval, clock, sleep)
+        self._retrier = Retrier(config.max_retry_seconds, sleep)
+        self._pacer = Pacer(config.per_channel_interval, clock, sleep)
         self._client: AsyncWebhookClient | None = None
 
     async def send(self, message: Message, thread: Outcome | None) -> Outcome:
@@ -565,13 +442,13 @@ class SlackWebhookChannel(_SessionOwner):
             response = await self._webhook().send_dict(body)
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Not chained: aiohttp's exception text may carry the URL.
-            raise _io_failure("webhook", exc) from None
+            raise io_failure("webhook", exc) from None
         status = response.status_code
         if status == 200:
             return status
         if status == 429:
-            raise _Transient("webhook: ratelimited", retry_after=_retry_after(response.headers))
+            raise Transient("webhook: ratelimited", retry_after=retry_after_of(response.headers))
         if status >= 500:
-            raise _Transient(f"webhook: http_{status}")
+            raise Transient(f"webhook: http_{status}")
         error = (response.body or "").strip()
         raise ChannelRefused(error if _ERROR_CODE.fullmatch(error) else f"http_{status}", "webhook")
