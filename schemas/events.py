@@ -7,6 +7,7 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.actions import ACTION_EVENT_TYPES, ActionEventData
 from schemas.alertmanager import Alert, AlertStatus, Webhook
 from schemas.deadletter import DEADLETTER_EVENT_MODELS, TOPIC_DEADLETTER
 from schemas.envelope import Envelope
@@ -127,6 +128,7 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     ALERT_RESOLVED: AlertEventData,
     **dict.fromkeys(INCIDENT_EVENT_TYPES, IncidentEventData),
     **dict.fromkeys(NOTIFICATION_EVENT_TYPES, NotificationEventData),
+    **dict.fromkeys(ACTION_EVENT_TYPES, ActionEventData),
     **DEADLETTER_EVENT_MODELS,
 }
 """Every event type and its payload model; ``sevpipe schemas`` writes one JSON Schema each."""
