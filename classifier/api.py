@@ -11,8 +11,9 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from aiohttp import web
@@ -36,8 +37,19 @@ from store.base import (
 
 log = logging.getLogger(__name__)
 
-Authorize = Callable[[web.Request], str | None]
-"""Returns who is calling (e.g. the basic-auth user, or "api"), or None to refuse."""
+Role = Literal["viewer", "responder", "approver"]
+"""What a caller may do: read; also re-rate, acknowledge, command; also approve actions."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: Literal[401, 403]
+    message: str
+
+
+Authorize = Callable[[web.Request, Role], "str | Refusal"]
+"""Who is calling, when they hold ``role`` (the operator's name; the credential's without
+operators configured), or why not: 401 without valid credentials, 403 without the role."""
 
 MAX_LIMIT = 1000
 ALERTS_PAGE = 100
@@ -68,7 +80,6 @@ class SeverityChange(BaseModel):
 
     severity: Severity
     reason: str = Field(min_length=1, max_length=2000)
-    actor: str | None = Field(None, max_length=200, description="who decided; default: the caller")
 
 
 def _json(status: int, body: Any) -> web.Response:
@@ -184,12 +195,15 @@ class IncidentsApi:
             web.post("/api/v1/incidents/{id}/commander", self.commander),
         ]
 
-    def _refuse(self) -> web.Response:
-        return _error(401, "missing or wrong credentials")
+    def _who(self, request: web.Request, role: Role) -> str | web.Response:
+        who = self.authorize(request, role)
+        if isinstance(who, Refusal):
+            return _error(who.status, who.message)
+        return who
 
     async def list(self, request: web.Request) -> web.Response:
-        if self.authorize(request) is None:
-            return self._refuse()
+        if isinstance(who := self._who(request, "viewer"), web.Response):
+            return who
         try:
             query = _query(request)
         except ValueError as exc:
@@ -201,8 +215,8 @@ class IncidentsApi:
         return _json(200, {"incidents": [incident_json(i) for i in incidents]})
 
     async def show(self, request: web.Request) -> web.Response:
-        if self.authorize(request) is None:
-            return self._refuse()
+        if isinstance(who := self._who(request, "viewer"), web.Response):
+            return who
         incident_id = request.match_info["id"]
         try:
             incident = await self.store.get_incident(incident_id)
@@ -219,8 +233,8 @@ class IncidentsApi:
 
     async def alerts(self, request: web.Request) -> web.Response:
         """``?status=firing|resolved&limit=&cursor=``: an incident's alerts, a page at a time."""
-        if self.authorize(request) is None:
-            return self._refuse()
+        if isinstance(who := self._who(request, "viewer"), web.Response):
+            return who
         incident_id = request.match_info["id"]
         q = request.query
         try:
@@ -243,9 +257,9 @@ class IncidentsApi:
         return _json(200, _page(alerts, limit))
 
     async def set_severity(self, request: web.Request) -> web.Response:
-        caller = self.authorize(request)
-        if caller is None:
-            return self._refuse()
+        caller = self._who(request, "responder")
+        if isinstance(caller, web.Response):
+            return caller
         try:
             change = SeverityChange.model_validate_json(await request.read())
         except ValidationError as exc:
@@ -253,7 +267,7 @@ class IncidentsApi:
         key = request.headers.get("Idempotency-Key")
         if (refused := _bad_key(key)) is not None:
             return refused
-        actor = change.actor or caller
+        actor = caller
 
         def decide(incident: Incident, request_id: str) -> tuple[Incident, Change]:
             return set_severity(
@@ -289,9 +303,9 @@ class IncidentsApi:
         return incident
 
     async def _person(self, request: web.Request, what: str, act: PersonAct) -> web.Response:
-        caller = self.authorize(request)
-        if caller is None:
-            return self._refuse()
+        caller = self._who(request, "responder")
+        if isinstance(caller, web.Response):
+            return caller
         raw = await request.read()
         try:
             # The acting person is who the credentials say, never what the body says: it

@@ -54,6 +54,7 @@ def check_config(path: Path, out: TextIO) -> None:
     settings = load_settings(path)
     settings.policy()
     settings.credentials()
+    settings.operator_tokens()
     settings.routing()
     Renderer(settings.templates_dir).check()
     try:

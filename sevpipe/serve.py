@@ -8,19 +8,20 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry
 
-from classifier.api import IncidentsApi
+from classifier.api import IncidentsApi, Refusal, Role
 from classifier.policy import Policy
 from classifier.stage import CONSUMER_GROUP, ClassifierMetrics, ClassifierStage
 from eventlog import EventLog
-from ingest import Credentials, Receiver, ReceiverMetrics, check_authorization
+from ingest import Credentials, Receiver, ReceiverMetrics
 from schemas import TOPIC_ALERTS
+from sevpipe.access import Access, OperatorToken
 from sevpipe.backends import describe, open_effects_ledger, open_eventlog, open_store
 from sevpipe.backpressure import Backpressure, LagWatch
 from sevpipe.comms_wiring import comms_runtime
@@ -54,20 +55,11 @@ def curl_example(base_url: str, settings: Settings) -> str:
     )
 
 
-def authorizer(creds: Credentials) -> Callable[[web.Request], str | None]:
-    """Who is calling the API: the basic-auth user, "api" for a bearer token, or None."""
-
-    def authorize(request: web.Request) -> str | None:
-        header = request.headers.get("Authorization")
-        if not check_authorization(header, creds):
-            return None
-        if not creds.configured:
-            return "anonymous"
-        if header and header.lower().startswith("basic ") and creds.basic_username is not None:
-            return creds.basic_username
-        return "api"
-
-    return authorize
+def authorizer(
+    creds: Credentials, operators: Sequence[OperatorToken] = ()
+) -> Callable[[web.Request, Role], str | Refusal]:
+    """Who is calling the API, holding which role (see ``sevpipe.access``)."""
+    return Access(creds, operators).authorize
 
 
 ROLES = frozenset({"ingest", "classify", "notify"})
@@ -112,7 +104,7 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 ReceiverMetrics(registry),
                 admit=backpressure.admit if backpressure is not None else None,
             )
-            api = IncidentsApi(store, authorizer(creds))
+            api = IncidentsApi(store, authorizer(creds, settings.operator_tokens()))
             routes += [*receiver.routes(), *api.routes()]
             routes += status_routes(store, settings.routing(), templates_dir=settings.templates_dir)
             secret = settings.slack.signing_secret_value() if settings.slack else None

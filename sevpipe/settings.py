@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from classifier.policy import Policy, default_policy, load_policy
@@ -17,6 +26,7 @@ from comms.statuspage import StatuspageConfig
 from ingest import Credentials, ReceiverConfig
 from schemas.durations import Seconds
 from schemas.yamlfile import ConfigFileError, YamlDocument
+from sevpipe.access import OperatorToken
 
 
 class SettingsError(Exception):
@@ -32,6 +42,25 @@ def _read_secret(value: SecretStr | None, file: Path | None, name: str) -> str |
         return file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise SettingsError(f"{name}_file: cannot read {file}: {exc.strerror}") from None
+
+
+class Operator(BaseModel):
+    """A person (or a bot acting for one) on the API: a bearer token and roles."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    token_file: Path | None = Field(None, description="a file holding the operator's token")
+    token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="the token's SHA-256, hex"
+    )
+    roles: tuple[Literal["viewer", "responder", "approver"], ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Operator:
+        if (self.token_file is None) == (self.token_sha256 is None):
+            raise ValueError("give token_file or token_sha256, one of them")
+        return self
 
 
 class Settings(BaseSettings):
@@ -80,6 +109,10 @@ class Settings(BaseSettings):
     slack: SlackConfig | None = Field(None, description="Slack (Web API bot token or webhook)")
     email: EmailConfig | None = Field(None, description="SMTP for the email routes")
     statuspage: StatuspageConfig | None = Field(None, description="Atlassian Statuspage")
+    operators: list[Operator] = Field(
+        default_factory=list,
+        description="API users with roles; once set, the Alertmanager credential only posts alerts",
+    )
     notify_lease: Seconds = Field(
         60.0,
         gt=0,
@@ -126,6 +159,26 @@ class Settings(BaseSettings):
             basic_username=self.basic_auth_username,
             basic_password=password,
         )
+
+    def operator_tokens(self) -> list[OperatorToken]:
+        """Each operator's token digest, read now: a missing file fails at start."""
+        out = []
+        for op in self.operators:
+            if op.token_sha256 is not None:
+                digest = bytes.fromhex(op.token_sha256)
+            else:
+                assert op.token_file is not None  # noqa: S101 - the validator says so
+                token = _read_secret(None, op.token_file, f"operators.{op.name}.token")
+                if not token:
+                    raise SettingsError(f"operators.{op.name}.token_file: {op.token_file} is empty")
+                digest = hashlib.sha256(token.encode("utf-8")).digest()
+            out.append(OperatorToken(op.name, frozenset(op.roles), digest))
+        names = [op.name for op in self.operators]
+        if len(set(names)) != len(names):
+            raise SettingsError("operators: two operators have the same name")
+        if len({t.sha256 for t in out}) != len(out):
+            raise SettingsError("operators: two operators have the same token")
+        return out
 
     def receiver_config(self) -> ReceiverConfig:
         return ReceiverConfig(

@@ -11,6 +11,8 @@ incidents topic both show: nothing lost to the kill, nothing decided twice by th
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -41,6 +43,9 @@ CATCH_UP_TIMEOUT = 40.0  # the survivor waits out the victim's session (10 s) fi
 POLL = 0.05
 BASE_TIME = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
 
+ONCALL_TOKEN = "oncall-e2e-token"
+ONCALL_SHA256 = hashlib.sha256(ONCALL_TOKEN.encode()).hexdigest()
+ONCALL = {"Authorization": f"Bearer {ONCALL_TOKEN}"}
 _LAG = re.compile(r"^sevpipe_consumer_lag\{([^}]*)\}", re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 _CLASSIFIED = re.compile(r"^sevpipe_classifier_alerts_total (\S+)$", re.M)
@@ -109,7 +114,7 @@ async def rerate(session: aiohttp.ClientSession, ingest: Server) -> int:
             g = int(inc["key"].split("scale-")[1][:2])
             if g in RERATED and g not in done:
                 url = f"{ingest.base_url}/api/v1/incidents/{inc['id']}/severity"
-                change = {"severity": "SEV-1", "reason": "VIP customers", "actor": "oncall"}
+                change = {"severity": "SEV-1", "reason": "VIP customers"}
                 async with session.post(url, json=change) as resp:
                     assert resp.status == 200, await resp.text()
                 done.add(g)
@@ -238,13 +243,16 @@ async def test_two_classifiers_one_killed_every_alert_in_exactly_one_incident(
     production: Backend, launcher: Launcher, tmp_path: Path
 ) -> None:
     env = production.env
-    ingest = await asyncio.to_thread(launcher.start, tmp_path / "i", env=env, command="ingest")
+    # The person re-rating is an operator: the actor recorded is who the token says.
+    operators = [{"name": "oncall", "token_sha256": ONCALL_SHA256, "roles": ["responder"]}]
+    api_env = production.with_env({"SEVPIPE_OPERATORS": json.dumps(operators)})
+    ingest = await asyncio.to_thread(launcher.start, tmp_path / "i", env=api_env, command="ingest")
     victim = await asyncio.to_thread(launcher.start, tmp_path / "a", env=env, command="classify")
     survivor = await asyncio.to_thread(launcher.start, tmp_path / "b", env=env, command="classify")
     storm = Storm(ingest.alerts_url)
     total_webhooks = GROUPS * ROUNDS
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=ONCALL) as session:
         victim_parts, survivor_parts = await wait_balanced(session, victim, survivor)
 
         async with asyncio.timeout(STORM_TIMEOUT):

@@ -5,6 +5,7 @@ one aiohttp app, a real EmbeddedLog and EmbeddedStore, and the classifier stage 
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from eventlog import EmbeddedLog, Subscription
 from ingest import Credentials, Receiver, ReceiverConfig, ReceiverMetrics
 from runtime.relay import relay_outbox
 from schemas import TOPIC_ALERTS
+from sevpipe.access import OperatorToken
 from sevpipe.http import build_app
 from sevpipe.serve import authorizer
 from store import EmbeddedStore, GroupState, IncidentWrite, OutboxEvent
@@ -119,13 +121,15 @@ class Api:
 
 
 @asynccontextmanager
-async def open_api(data_dir: Path, creds: Credentials | None = None) -> AsyncIterator[Api]:
+async def open_api(
+    data_dir: Path, creds: Credentials | None = None, operators: Sequence[OperatorToken] = ()
+) -> AsyncIterator[Api]:
     creds = creds or Credentials()
     store = RacingStore(data_dir / "store.db")
     async with EmbeddedLog(data_dir / "events.db") as log, store:
         registry = CollectorRegistry()
         receiver = Receiver(ReceiverConfig(credentials=creds), log, ReceiverMetrics(registry))
-        api = IncidentsApi(store, authorizer(creds))
+        api = IncidentsApi(store, authorizer(creds, operators))
         app = build_app([*receiver.routes(), *api.routes()], log, registry, 1024 * 1024)
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -321,17 +325,22 @@ async def test_post_severity_lowers_it_records_the_event_and_shows_it(api: Api) 
     assert (await api.incidents())[0]["severity"] == "SEV-2"
 
 
-async def test_post_severity_raising_with_an_actor_is_an_escalation(api: Api) -> None:
+async def test_post_severity_raising_is_an_escalation_by_the_caller_never_the_body(
+    api: Api,
+) -> None:
     await api.post_alerts(GK["billing"], alert_json("b1", service="billing", impact="minor"))
     [inc] = await api.incidents()
+    spoofed = {"severity": "SEV-1", "reason": "customers are calling", "actor": "carol"}
+    status, body = await api.post_severity(inc["id"], spoofed)
+    assert (status, body["field"]) == (400, "actor")
     status, body = await api.post_severity(
-        inc["id"], {"severity": "SEV-1", "reason": "customers are calling", "actor": "carol"}
+        inc["id"], {"severity": "SEV-1", "reason": "customers are calling"}
     )
     assert status == 200, body
     last = (await incident_events(api.log))[-1]
     assert last.type == "incident.escalated"
-    assert last.data["actor"] == "carol"
-    assert body["reasons"] == ["set by carol: customers are calling"]
+    assert last.data["actor"] == "anonymous"  # no credentials configured: loopback only
+    assert body["reasons"] == ["set by anonymous: customers are calling"]
 
 
 @pytest.mark.parametrize(
@@ -369,7 +378,7 @@ async def test_a_change_racing_the_classifier_loses_neither_update(api: Api) -> 
 
     async def person_first() -> None:
         status, body = await api.post_severity(
-            inc["id"], {"severity": "SEV-1", "reason": "VIP customer", "actor": "dave"}
+            inc["id"], {"severity": "SEV-1", "reason": "VIP customer"}
         )
         assert status == 200, body
 
@@ -396,7 +405,7 @@ async def test_a_classifier_save_racing_the_change_loses_neither_update(api: Api
     # The API has read the incident and decided; the classifier's save lands before its own.
     api.store.before_next_save = classifier_first
     status, body = await api.post_severity(
-        inc["id"], {"severity": "SEV-1", "reason": "VIP customer", "actor": "dave"}
+        inc["id"], {"severity": "SEV-1", "reason": "VIP customer"}
     )
 
     assert status == 200, body
@@ -607,3 +616,57 @@ async def test_acknowledge_and_command_name_the_caller_never_the_body(tmp_path: 
         ("incident.commander", "erin"),
     ]
     assert events[-1].data["incident"]["commander"] == "erin"
+
+
+# -- operators and roles ------------------------------------------------------------------------
+
+
+def operator(name: str, token: str, *roles: str) -> OperatorToken:
+    return OperatorToken(name, frozenset(roles), hashlib.sha256(token.encode()).digest())
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_operators_hold_roles_and_the_alertmanager_credential_only_posts_alerts(
+    tmp_path: Path,
+) -> None:
+    ops = [
+        operator("vic", "v-token", "viewer"),
+        operator("rita", "r-token", "responder"),
+        operator("alex", "a-token", "approver"),
+    ]
+    async with open_api(tmp_path, Credentials(bearer_token=TOKEN), ops) as api:
+        await api.post_alerts(GK["checkout"], alert_json("c1", service="checkout", impact="minor"))
+        path = "/api/v1/incidents"
+
+        async def get(headers: dict[str, str]) -> int:
+            async with api.client.get(path, headers=headers) as resp:
+                return resp.status
+
+        assert await get({}) == 401
+        assert await get(bearer("not-a-token")) == 401
+        assert await get(BEARER) == 403  # Alertmanager's token: alerts only
+        assert await get(bearer("v-token")) == 200
+        async with api.client.get(path, headers=bearer("a-token")) as resp:
+            [inc] = (await resp.json())["incidents"]
+        change = {"severity": "SEV-1", "reason": "customers call"}
+        before = await incident_events(api.log)
+        for headers in (BEARER, bearer("v-token")):
+            status, body = await api.post_severity(inc["id"], change, headers=headers)
+            assert status == 403, body
+            ack = await post_person(api, inc["id"], "acknowledge", b"", headers)
+            assert ack[0] == 403
+        assert await incident_events(api.log) == before  # refused: nothing changed
+
+        status, body = await api.post_severity(inc["id"], change, headers=bearer("r-token"))
+        assert status == 200, body
+        spoofed = {**change, "actor": "alex"}
+        status, body = await api.post_severity(inc["id"], spoofed, headers=bearer("r-token"))
+        assert (status, body["field"]) == (400, "actor")
+        raised = {"severity": "SEV-0", "reason": "worse"}
+        status, body = await api.post_severity(inc["id"], raised, headers=bearer("a-token"))
+        assert status == 200, body
+        actors = [e.data["actor"] for e in await incident_events(api.log)][len(before) :]
+    assert actors == ["rita", "alex"]  # an approver may do what a responder may
