@@ -13,6 +13,8 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from actions.inventory import load_inventory
+from actions.playbooks import load_playbooks
 from classifier.backtest import BacktestReport, backtest
 from classifier.policy import Policy, PolicyError, default_policy, load_policy, policy_yaml
 from classifier.rebuild import rebuild_store
@@ -37,6 +39,20 @@ def check_config(path: Path, out: TextIO) -> None:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         data = None  # the loaders below report it with file and line
+    if isinstance(data, dict) and set(data) == {"playbooks"}:
+        try:
+            load_playbooks(path)
+        except ConfigFileError as exc:
+            raise SettingsError(str(exc)) from None
+        out.write(f"{path}: valid playbooks\n")
+        return
+    if isinstance(data, dict) and "namespaces" in data:
+        try:
+            load_inventory(path)
+        except ConfigFileError as exc:
+            raise SettingsError(str(exc)) from None
+        out.write(f"{path}: valid inventory\n")
+        return
     if isinstance(data, dict) and set(data) and set(data) <= ROUTING_KEYS:
         try:
             load_routing(path)
@@ -56,6 +72,8 @@ def check_config(path: Path, out: TextIO) -> None:
     settings.credentials()
     settings.operator_tokens()
     settings.routing()
+    settings.playbooks()
+    settings.inventory()
     Renderer(settings.templates_dir).check()
     try:
         channels = channels_of(settings)  # reads the secret files; connects nowhere

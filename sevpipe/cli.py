@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = policy_sub.add_parser("show", help="print the policy in force (default: the runbook's)")
     _add_settings_args(show, server=False)
 
+    playbooks = sub.add_parser("playbooks", help="the remediation playbooks")
+    playbooks_sub = playbooks.add_subparsers(
+        dest="playbooks_command", required=True, metavar="ACTION"
+    )
+    show_books = playbooks_sub.add_parser(
+        "show", help="print the playbooks in force (default: the runbook's)"
+    )
+    _add_settings_args(show_books, server=False)
+
     check = sub.add_parser("check-config", help="validate a settings or policy YAML file")
     check.add_argument("file", type=Path)
 
@@ -173,6 +182,15 @@ def _times(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
     return since, until
 
 
+def _cmd_playbooks(args: argparse.Namespace) -> int:
+    import yaml  # noqa: PLC0415
+
+    books = _settings(args).playbooks()
+    data = books.model_dump(mode="json", exclude_defaults=True)
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, width=100, allow_unicode=True))
+    return 0
+
+
 def _cmd_policy(args: argparse.Namespace) -> int:
     from sevpipe.classify_cli import show_policy  # noqa: PLC0415
 
@@ -223,6 +241,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ingest": _cmd_serve,
     "classify": _cmd_serve,
     "notify": _cmd_serve,
+    "playbooks": _cmd_playbooks,
     "replay": _cmd_replay,
     "send": _cmd_send,
     "schemas": _cmd_schemas,

@@ -18,6 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from actions.inventory import Inventory, load_inventory
+from actions.playbooks import Playbooks, default_playbooks, load_playbooks
 from classifier.policy import Policy, default_policy, load_policy
 from comms.email import EmailConfig
 from comms.routing import Routing, default_routing, load_routing
@@ -109,6 +111,15 @@ class Settings(BaseSettings):
     slack: SlackConfig | None = Field(None, description="Slack (Web API bot token or webhook)")
     email: EmailConfig | None = Field(None, description="SMTP for the email routes")
     statuspage: StatuspageConfig | None = Field(None, description="Atlassian Statuspage")
+    playbooks_file: Path | None = Field(
+        None, description="remediation playbooks YAML; default: the runbook's (playbooks show)"
+    )
+    inventory_file: Path | None = Field(
+        None, description="what remediations may touch; none: nothing (every target refused)"
+    )
+    actions_mode: Literal["dry_run", "live"] = Field(
+        "dry_run", description="dry_run records the exact requests; live must be chosen"
+    )
     operators: list[Operator] = Field(
         default_factory=list,
         description="API users with roles; once set, the Alertmanager credential only posts alerts",
@@ -219,6 +230,22 @@ class Settings(BaseSettings):
             return load_routing(self.routing_file)
         except ConfigFileError as exc:
             raise SettingsError(f"routing_file: {exc}") from None
+
+    def playbooks(self) -> Playbooks:
+        try:
+            if self.playbooks_file is None:
+                return default_playbooks()
+            return load_playbooks(self.playbooks_file)
+        except ConfigFileError as exc:
+            raise SettingsError(f"playbooks_file: {exc}") from None
+
+    def inventory(self) -> Inventory:
+        if self.inventory_file is None:
+            return Inventory()
+        try:
+            return load_inventory(self.inventory_file)
+        except ConfigFileError as exc:
+            raise SettingsError(f"inventory_file: {exc}") from None
 
     def policy(self) -> Policy:
         if self.policy_file is None:
