@@ -129,6 +129,20 @@ class Guard:
             return Admitted(step, target, ask.args, True, ask.notes)
         return await self._take(ask)
 
+    def resume(
+        self, step: PlannedStep, target: Target, params: Mapping[str, Any]
+    ) -> Admitted | Refused:
+        """An action an earlier attempt was admitted for and began (a crash, a redelivery):
+        the same caps, and neither cooldown nor rate asked again, since that attempt
+        consumed them; its check decides whether it already took effect."""
+        if not self._inventory.contains(target):
+            return Refused(f"{step.action} on {target.key()}: the target is not in the inventory")
+        capped = self._caps(step.action, target, dict(params))
+        if isinstance(capped, Refused):
+            return capped
+        args, notes = capped
+        return Admitted(step, target, args, False, notes)
+
     async def _take(self, ask: _Ask) -> Admitted | Refused:
         ttl = self._limits.lock_ttl.total_seconds()
         held: list[LockToken] = []

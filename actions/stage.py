@@ -1,0 +1,233 @@
+"""The actions stage: incident events in, the runbook's first moves out, under the guard.
+
+For an incident that opens, escalates or reopens, the first matching playbook's steps are
+taken in order, each on the targets the inventory gives it:
+
+- no inventory target, mode ``never``, or a guard refusal (cooldown, rate, concurrency,
+  caps): ``action.skipped`` with the reason;
+- a step whose ``when`` does not hold given the earlier steps' results: ``action.skipped``;
+- mode ``approve``: ``action.awaiting_approval`` with the requests it would make and when the
+  request expires (approving is a person's: the API, issue 9's next part);
+- mode ``auto``: ``action.planned`` with the exact requests, then, in dry-run, ``skipped``
+  ("dry-run") and nothing touched (reads still run: they change nothing, and later steps
+  decide on what they find); live, ``started`` and ``succeeded`` or ``failed``, the run
+  going through the effects ledger: an action id derives from (incident, step, target), so a
+  redelivered event finds it done, and after a crash the action's ``check`` decides, never a
+  blind re-run.
+
+Events carry the whole action as it stands and have ids derived from the action and state,
+so a re-decided event is recognised downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pydantic import ValidationError
+
+from actions.catalogue import Catalogue, UnknownAction
+from actions.guard import Admitted, Guard, Refused
+from actions.inventory import Inventory
+from actions.playbooks import PlannedStep, Playbooks, matching, unmet
+from eventlog import EventLog, Record
+from runtime.effects import EffectResult, default_holder, perform
+from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, Envelope, derived_event_id
+from schemas.actions import ActionEventData, ActionState, ApiRequest, Target
+from schemas.events import IncidentEnvelope
+from schemas.incidents import Incident, IncidentAlert
+from store import IncidentStore
+from store.effects import EffectsLedger
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP: Final = "sevpipe-actions"
+SOURCE: Final = "/sevpipe/actions"
+TRIGGERS: Final = frozenset({"incident.opened", "incident.escalated", "incident.reopened"})
+MAX_ALERTS: Final = 500
+"""Alerts of an incident whose labels may choose targets: a storm's first few hundred."""
+
+
+class ActionsStage:
+    name = "actions"
+    topics = (TOPIC_INCIDENTS,)
+
+    def __init__(
+        self,
+        eventlog: EventLog,
+        store: IncidentStore,
+        *,
+        ledger: EffectsLedger,
+        catalogue: Catalogue,
+        playbooks: Playbooks,
+        inventory: Inventory,
+        guard: Guard,
+        live: bool = False,
+        approval_ttl: timedelta = timedelta(minutes=30),
+        lease: float = 300.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.log = eventlog
+        self.store = store
+        self.ledger = ledger
+        self.catalogue = catalogue
+        self.playbooks = playbooks
+        self.inventory = inventory
+        self.guard = guard
+        self.live = live
+        self.approval_ttl = approval_ttl
+        self.lease = lease
+        self.clock = clock
+        self.holder = default_holder()
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        for record in records:
+            env = record.decode(IncidentEnvelope)
+            if env.type not in TRIGGERS:
+                continue
+            incident = env.data.incident
+            alerts = await self.store.list_alerts(incident.id, status="firing", limit=MAX_ALERTS)
+            await self.run_playbook(incident, alerts)
+
+    async def run_playbook(self, incident: Incident, alerts: Sequence[IncidentAlert]) -> None:
+        results: dict[str, Mapping[str, Any]] = {}
+        for step in matching(self.playbooks, incident, alerts, self.inventory):
+            result = await self._step(incident, step, results)
+            if result is not None:
+                results[step.step] = result
+
+    async def _step(
+        self, incident: Incident, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
+    ) -> Mapping[str, Any] | None:
+        """Take one step; its result when it ran and succeeded (what ``when`` reads)."""
+        action = _Action(self, incident, step, step.target or Target(kind="unknown"))
+        prepared = await self._admit(action, step, results)
+        if isinstance(prepared, str):
+            await action.emit("skipped", reason=prepared)
+            return None
+        spec, params, admitted = prepared
+        notes = "; ".join(admitted.notes) or None
+        if step.mode == "approve":
+            await self.guard.release(admitted)
+            expires = self.clock() + self.approval_ttl
+            await action.emit("awaiting_approval", reason=notes, expires_at=expires)
+            return None
+        await action.emit("planned", reason=notes)
+        if not self.live and spec.risk != "read_only":
+            await action.emit("skipped", reason="dry-run: the requests above were not sent")
+            return None
+        # Reads run in dry-run too: they change nothing, and later steps decide on them.
+        return await self._execute(action, admitted, spec, params)
+
+    async def _admit(
+        self, action: _Action, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
+    ) -> str | tuple[Any, Any, Admitted]:
+        """Why the step must not run, or what to run it with (its requests now planned)."""
+        if step.target is None:
+            return step.refusal or "no target"
+        try:
+            spec = self.catalogue.get(step.action)
+            params = spec.params.model_validate(dict(step.params))
+        except (UnknownAction, ValidationError) as exc:
+            return f"cannot run {step.action}: {exc}"
+        action.risk = spec.risk
+        if step.mode == "never":
+            return "mode never: a person's decision"
+        if (why := unmet(step.when, results)) is not None:
+            return why
+        began = await self.ledger.get(action.action_id) if self.live else None
+        if began is not None:
+            # An earlier delivery of this event was admitted and ran or began running: the
+            # same caps, no second cooldown or rate check, and its check decides below.
+            admitted = self.guard.resume(step, step.target, params.model_dump())
+        else:
+            # Asking a person consumes nothing: the cooldown and the rate are taken when the
+            # action runs, once approved.
+            dry = not self.live or step.mode == "approve"
+            admitted = await self.guard.admit(
+                step, step.target, params.model_dump(), spec.risk, dry_run=dry
+            )
+        if isinstance(admitted, Refused):
+            return admitted.reason
+        action.params = admitted.params
+        params = spec.params.model_validate(admitted.params)
+        action.requests = await spec.plan(step.target, params)
+        return spec, params, admitted
+
+    async def _execute(
+        self, action: _Action, admitted: Admitted, spec: Any, params: Any
+    ) -> Mapping[str, Any] | None:
+        target = action.target
+        await action.emit("started")
+        try:
+            done: EffectResult = await perform(
+                self.ledger,
+                action.action_id,
+                holder=self.holder,
+                lease=self.lease,
+                do=lambda token: spec.execute(target, params, token),
+                check=lambda: spec.check(target, params),
+            )
+        finally:
+            await self.guard.release(admitted)
+        if done.status == "failed":
+            await action.emit("failed", reason=str(done.outcome.get("error", "failed")))
+            return None
+        action.result = dict(done.outcome)
+        await action.emit("succeeded")
+        return action.result
+
+
+class _Action:
+    """One action of one step on one target, as its events describe it."""
+
+    def __init__(
+        self, stage: ActionsStage, incident: Incident, step: PlannedStep, target: Target
+    ) -> None:
+        self.stage = stage
+        self.incident = incident
+        self.step = step
+        self.target = target
+        self.action_id = derived_event_id(
+            incident.id.removeprefix("inc-").upper(), "action", step.step, target.key()
+        )
+        self.risk: Any = "read_only"
+        self.params: dict[str, Any] = dict(step.params)
+        self.requests: tuple[ApiRequest, ...] = ()
+        self.result: dict[str, Any] = {}
+
+    async def emit(
+        self, state: ActionState, *, reason: str | None = None, expires_at: datetime | None = None
+    ) -> None:
+        stage = self.stage
+        data = ActionEventData(
+            action_id=self.action_id,
+            incident_id=self.incident.id,
+            incident_version=self.incident.version,
+            playbook=self.step.playbook,
+            step=self.step.step,
+            action=self.step.action,
+            target=self.target,
+            params=self.params,
+            risk=self.risk,
+            mode=self.step.mode,
+            state=state,
+            dry_run=not stage.live,
+            requests=self.requests,
+            result=self.result,
+            reason=reason,
+            expires_at=expires_at,
+            decided_at=stage.clock(),
+        )
+        env = Envelope(
+            id=derived_event_id(self.action_id, state),
+            type=f"action.{state}",
+            source=SOURCE,
+            time=stage.clock(),
+            subject=self.incident.id,
+            data=data.model_dump(mode="json"),
+        )
+        await stage.log.append(TOPIC_ACTIONS, [env], dedup_keys=[env.id])
+        log.info("action %s %s: %s", self.step.action, state, reason or self.target.key())

@@ -1,0 +1,312 @@
+"""The actions stage on real embedded backends, fed by the real classifier, with a catalogue
+whose "cluster" is in memory (the Kubernetes actions come with issue 9's next part): what is
+planned, run, refused and asked for, once, whatever is redelivered or crashes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from incident_support import alert_json, append_webhook, drain, new_stage, records, webhook
+from pydantic import BaseModel, ConfigDict
+
+from actions.catalogue import ActionSpec, Catalogue, Outcome
+from actions.guard import Guard, Limits
+from actions.inventory import Inventory
+from actions.playbooks import Playbooks
+from actions.stage import CONSUMER_GROUP, ActionsStage
+from eventlog import EmbeddedLog
+from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS
+from schemas.actions import ActionEventData, ApiRequest, Target
+from store import EmbeddedStore, LocalCoordinator
+from store.effects_embedded import EmbeddedEffectsLedger
+
+NS = "origin-production"
+GK = '{}:{service="origin"}'
+
+
+class Crash(BaseException):
+    """kill -9 here: nothing after it runs."""
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Replicas(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int
+
+
+@dataclass
+class Cluster:
+    """The world the fake actions act on, and every call they made to it."""
+
+    ready: bool = False
+    restarts: dict[str, int] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+    crash_after_restart: bool = False
+
+    def catalogue(self) -> Catalogue:
+        cat = Catalogue()
+
+        async def no_requests(target: Target, params: Any) -> tuple[ApiRequest, ...]:
+            return ()
+
+        async def state(target: Target, params: Any, token: int) -> Outcome:
+            return {"ready": self.ready}
+
+        async def nothing(target: Target, params: Any) -> Outcome | None:
+            return None
+
+        async def plan_restart(target: Target, params: Any) -> tuple[ApiRequest, ...]:
+            path = f"/apis/apps/v1/namespaces/{target.namespace}/deployments/{target.name}"
+            return (ApiRequest(method="PATCH", path=path, body={"restartedAt": "now"}),)
+
+        async def restart(target: Target, params: Any, token: int) -> Outcome:
+            self.restarts[target.name] = self.restarts.get(target.name, 0) + 1
+            if self.crash_after_restart:
+                raise Crash
+            return {"generation": self.restarts[target.name]}
+
+        async def restarted(target: Target, params: Any) -> Outcome | None:
+            n = self.restarts.get(target.name, 0)
+            return {"generation": n, "found": True} if n else None
+
+        async def plan_scale(target: Target, params: Replicas) -> tuple[ApiRequest, ...]:
+            return (ApiRequest(method="PATCH", path="scale", body=params.model_dump()),)
+
+        async def scale(target: Target, params: Replicas, token: int) -> Outcome:
+            self.replicas[target.name] = params.replicas
+            return {"replicas": params.replicas}
+
+        cat.register(
+            ActionSpec(
+                "kubernetes.get_state",
+                NoParams,
+                "read_only",
+                "Namespace",
+                no_requests,
+                state,
+                nothing,
+            )
+        )
+        cat.register(
+            ActionSpec(
+                "kubernetes.rollout_restart",
+                NoParams,
+                "mutating",
+                "Deployment",
+                plan_restart,
+                restart,
+                restarted,
+            )
+        )
+        cat.register(
+            ActionSpec(
+                "kubernetes.scale", Replicas, "mutating", "Deployment", plan_scale, scale, nothing
+            )
+        )
+        return cat
+
+
+PLAYBOOKS = Playbooks.model_validate(
+    {
+        "playbooks": [
+            {
+                "name": "outage",
+                "match": {"min_severity": "SEV-0", "impacts": ["outage"]},
+                "steps": [
+                    {
+                        "id": "state",
+                        "action": "kubernetes.get_state",
+                        "target": {"kind": "Namespace", "namespace": NS},
+                        "mode": "auto",
+                    },
+                    {
+                        "id": "restart",
+                        "action": "kubernetes.rollout_restart",
+                        "target": {"kind": "Deployment", "name_from_label": "deployment"},
+                        "mode": "auto",
+                        "when": {"step": "state", "ready": False},
+                    },
+                    {
+                        "id": "scale",
+                        "action": "kubernetes.scale",
+                        "params": {"replicas": 50},
+                        "target": {"kind": "Deployment", "name": "origin-backend"},
+                        "mode": "approve",
+                    },
+                    {
+                        "id": "scale-now",
+                        "action": "kubernetes.scale",
+                        "params": {"replicas": 3},
+                        "target": {"kind": "Deployment", "name": "origin-backend"},
+                        "mode": "never",
+                    },
+                ],
+            }
+        ]
+    }
+)
+INVENTORY = Inventory.model_validate(
+    {
+        "default_namespace": NS,
+        "namespaces": {NS: {"deployments": {"origin-backend": {"max_replicas": 20}}}},
+    }
+)
+
+
+@dataclass
+class Actions:
+    log: EmbeddedLog
+    store: EmbeddedStore
+    ledger: EmbeddedEffectsLedger
+    coordinator: LocalCoordinator
+
+    def stage(self, cluster: Cluster, *, live: bool, lease: float = 60.0) -> ActionsStage:
+        return ActionsStage(
+            self.log,
+            self.store,
+            ledger=self.ledger,
+            catalogue=cluster.catalogue(),
+            playbooks=PLAYBOOKS,
+            inventory=INVENTORY,
+            guard=Guard(self.coordinator, Limits(), INVENTORY),
+            live=live,
+            lease=lease,
+        )
+
+    async def outage(self, deployment: str = "origin-backend") -> None:
+        body = webhook(
+            GK, alert_json("o1", impact="outage", service="origin", deployment=deployment)
+        )
+        await append_webhook(self.log, body)
+        await drain(new_stage(self.log, self.store), self.log.subscribe([TOPIC_ALERTS], "cls"))
+
+    async def run(self, stage: ActionsStage, *, commit: bool = True) -> None:
+        sub = self.log.subscribe([TOPIC_INCIDENTS], CONSUMER_GROUP)
+        for _ in range(100):
+            batch = await sub.fetch(500, max_wait=0.01)
+            if not batch:
+                break
+            await stage.handle(batch)
+            if commit:
+                await sub.commit()
+        await sub.close()
+
+    async def events(self) -> list[tuple[str, ActionEventData]]:
+        """The actions topic read raw: every event appended, repeats included."""
+        return [
+            (r.envelope.type, ActionEventData.model_validate(r.envelope.data))
+            for r in await records(self.log, TOPIC_ACTIONS)
+        ]
+
+
+@asynccontextmanager
+async def open_actions(tmp_path: Path) -> AsyncIterator[Actions]:
+    async with (
+        EmbeddedLog(tmp_path / "events.db") as log,
+        EmbeddedStore(tmp_path / "store.db") as store,
+        EmbeddedEffectsLedger(tmp_path / "effects.db") as ledger,
+    ):
+        coord = LocalCoordinator()
+        await coord.start()
+        try:
+            yield Actions(log, store, ledger, coord)
+        finally:
+            await coord.close()
+
+
+def by_step(events: list[tuple[str, ActionEventData]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for type_, data in events:
+        out.setdefault(data.step, []).append(type_.removeprefix("action."))
+    return out
+
+
+async def test_an_outage_runs_its_playbook_once_even_when_delivered_again(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True), commit=False)
+        await a.run(a.stage(cluster, live=True))  # the same incident event, delivered again
+        events = await a.events()
+    assert cluster.restarts == {"origin-backend": 1}
+    assert cluster.replicas == {}  # the scale waits for a person
+    assert by_step(events) == {
+        "state": ["planned", "started", "succeeded"],
+        "restart": ["planned", "started", "succeeded"],
+        "scale": ["awaiting_approval"],
+        "scale-now": ["skipped"],
+    }
+    [(_, asked)] = [(t, d) for t, d in events if d.step == "scale"]
+    assert asked.params == {"replicas": 20}  # capped by the inventory
+    assert asked.reason is not None
+    assert "20" in asked.reason
+    assert asked.expires_at is not None
+    assert asked.expires_at - asked.decided_at > timedelta(minutes=29)  # type: ignore[operator]
+    assert [r.method for r in asked.requests] == ["PATCH"]
+
+
+async def test_dry_run_records_the_requests_and_touches_nothing(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=False))
+        events = await a.events()
+    assert cluster.restarts == {}
+    restart = [d for t, d in events if d.step == "restart"]
+    assert [d.state for d in restart] == ["planned", "skipped"]
+    assert all(d.dry_run for d in restart)
+    assert restart[0].requests[0].path.endswith("/deployments/origin-backend")
+
+
+async def test_a_forged_label_naming_a_deployment_outside_the_inventory_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage(deployment="evil")
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+    assert cluster.restarts == {}
+    [(type_, skipped)] = [(t, d) for t, d in events if d.step == "restart"]
+    assert type_ == "action.skipped"
+    assert skipped.reason is not None
+    assert "evil" in skipped.reason
+    assert "inventory" in skipped.reason
+
+
+async def test_a_restart_the_process_died_in_is_checked_not_repeated(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False, crash_after_restart=True)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        with pytest.raises(Crash):
+            await a.run(a.stage(cluster, live=True, lease=0.01), commit=False)
+        await asyncio.sleep(0.05)  # the dead holder's lease runs out
+        cluster.crash_after_restart = False
+        await a.run(a.stage(cluster, live=True))  # a new process; the cooldown is running
+        events = await a.events()
+    assert cluster.restarts == {"origin-backend": 1}
+    restart = [d for t, d in events if d.step == "restart"]
+    assert [d.state for d in restart] == ["planned", "started", "succeeded"]
+    assert restart[-1].result == {"generation": 1, "found": True}  # what the check found
+
+
+async def test_a_ready_deployment_is_not_restarted(tmp_path: Path) -> None:
+    cluster = Cluster(ready=True)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+    assert cluster.restarts == {}
+    [skipped] = [d for t, d in events if d.step == "restart"]
+    assert skipped.state == "skipped"
+    assert skipped.reason == "step state's ready is True, not False"
