@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make run    install into .venv and start sevpipe on the embedded default
-#   make test   install what the tests need (Python packages; Kafka, PostgreSQL, Redis via
-#               scripts/test-services), start the services, run lint, types and the whole suite
+#   make test   install what the tests need (Python packages; Kafka, PostgreSQL, Redis and a
+#               Kubernetes control plane via scripts/test-services), start the services, run
+#               lint, types and the whole suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

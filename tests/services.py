@@ -1,8 +1,10 @@
-"""The real services the integration tests talk to: Apache Kafka, PostgreSQL, Redis.
+"""The real services the integration tests talk to: Apache Kafka, PostgreSQL, Redis, and a
+Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager).
 
-Taken from ``SEVPIPE_KAFKA_BOOTSTRAP``, ``SEVPIPE_POSTGRES_DSN`` and ``SEVPIPE_REDIS_URL`` when
-they are set (``make test`` sets them); otherwise ``scripts/test-services up`` is run once per
-session to start them. A missing service fails the tests that need it; nothing is skipped.
+Taken from ``SEVPIPE_KAFKA_BOOTSTRAP``, ``SEVPIPE_POSTGRES_DSN``, ``SEVPIPE_REDIS_URL`` and
+``SEVPIPE_KUBECONFIG`` (the path of an admin kubeconfig) when they are set (``make test`` sets
+them); otherwise ``scripts/test-services up`` is run once per session to start them. A missing
+service fails the tests that need it; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-VARS = ("SEVPIPE_KAFKA_BOOTSTRAP", "SEVPIPE_POSTGRES_DSN", "SEVPIPE_REDIS_URL")
+VARS = (
+    "SEVPIPE_KAFKA_BOOTSTRAP",
+    "SEVPIPE_POSTGRES_DSN",
+    "SEVPIPE_REDIS_URL",
+    "SEVPIPE_KUBECONFIG",
+)
 _EXPORT = re.compile(r"^export (SEVPIPE_[A-Z_]+)=['\"]?([^'\"]*)['\"]?$")
 
 
@@ -30,15 +37,17 @@ class Services:
     kafka_bootstrap: str
     postgres_dsn: str
     redis_url: str
+    # The admin kubeconfig's path (a bearer token in system:masters; the CA inline). Last and
+    # with a default, so that the three-argument form still builds a Services.
+    kubeconfig: str = ""
 
     def env(self) -> dict[str, str]:
-        return dict(
-            zip(VARS, (self.kafka_bootstrap, self.postgres_dsn, self.redis_url), strict=True)
-        )
+        values = (self.kafka_bootstrap, self.postgres_dsn, self.redis_url, self.kubeconfig)
+        return {name: value for name, value in zip(VARS, values, strict=True) if value}
 
 
 def _running() -> bool:
-    """True when ``scripts/test-services status`` finds all three running already."""
+    """True when ``scripts/test-services status`` finds all of them running already."""
     proc = subprocess.run(
         [str(ROOT / "scripts" / "test-services"), "status"],
         capture_output=True,
@@ -53,7 +62,9 @@ def _start() -> dict[str, str]:
         [str(ROOT / "scripts" / "test-services"), "up"],
         capture_output=True,
         text=True,
-        timeout=900,
+        # The first `up` on a machine builds kube-apiserver and kube-controller-manager with Go
+        # (6 to 15 minutes on 2 cores); later ones take seconds.
+        timeout=3600,
         check=False,
     )
     if proc.returncode != 0:
