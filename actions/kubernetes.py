@@ -1,0 +1,279 @@
+"""The catalogue's Kubernetes actions, through kubernetes_asyncio: ``kubernetes_catalogue``.
+
+Mutations (each ``plan`` is the exact request ``execute`` sends; ``check`` finds it done):
+
+- ``kubernetes.rollout_restart`` (Deployment): the strategic-merge PATCH of the pod
+  template's ``kubectl.kubernetes.io/restartedAt`` annotation, as ``kubectl rollout restart``
+  does, but with a deterministic value instead of the time: ``sevpipe-generation-<G>``, G the
+  Deployment's ``metadata.generation`` when planned, i.e. "the restart of spec generation G".
+  The contract gives ``plan`` and ``check`` neither the action's id nor its fencing token, so
+  the value comes from the Deployment itself: the same G at plan and at execute (unless the
+  spec changed in between) gives the same request, and the patch makes the generation G+1, so
+  ``check`` finds the restart done when the template carries the value of the generation
+  just before the current one (the restart is the latest spec change). Should the spec change
+  again after the restart and before a crashed action is checked, the check says "not done"
+  and the restart runs once more: a second restart, never a missed one. A paused Deployment is
+  refused (a restart would not roll out).
+- ``kubernetes.scale`` (Deployment, ``replicas``): a PATCH of the scale subresource.
+- ``kubernetes.emergency_hpa`` (Deployment, ``min_replicas``, ``max_replicas``): an
+  autoscaling/v2 HPA named as the Deployment, created (CPU 70 %) or its bounds patched.
+- ``kubernetes.patch_configmap`` (ConfigMap, ``key``, ``value``): a PATCH of one data key.
+
+Reads (``kubernetes.get_state``, ``kubernetes.rollout_status``) and the error mapping are in
+:mod:`actions.kubernetes_reads`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Self
+
+from kubernetes_asyncio import client
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from actions.catalogue import ActionSpec, Catalogue, Outcome
+from actions.kubernetes_reads import (
+    REQUEST_TIMEOUT,
+    ApiClientFactory,
+    KubernetesError,
+    KubernetesRefused,
+    NoParams,
+    call,
+    deployment_path,
+    get_state,
+    namespace_of,
+    no_check,
+    plan_get_state,
+    plan_rollout_status,
+    rollout_status,
+)
+from schemas.actions import ApiRequest, Target
+
+RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
+RESTART_PREFIX: Final = "sevpipe-generation-"
+STRATEGIC: Final = "application/strategic-merge-patch+json"
+HPA_CPU_PERCENT: Final = 70
+
+
+class Replicas(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    replicas: int = Field(ge=0)
+
+
+class HpaBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(ge=1)
+    max_replicas: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas is below min_replicas")
+        return self
+
+
+class ConfigMapKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1)
+    value: str
+
+
+def restart_value(generation: int) -> str:
+    return f"{RESTART_PREFIX}{generation}"
+
+
+def restart_body(generation: int) -> dict[str, Any]:
+    annotations = {RESTARTED_AT: restart_value(generation)}
+    return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+
+
+def _template_annotation(dep: client.V1Deployment) -> str | None:
+    meta = dep.spec.template.metadata if dep.spec and dep.spec.template else None
+    return ((meta.annotations if meta else None) or {}).get(RESTARTED_AT)
+
+
+def _deployment_target(target: Target) -> tuple[str, str]:
+    deployment_path(target)  # names a Deployment, or KubernetesError
+    return namespace_of(target), target.name
+
+
+class _Deployments:
+    """The Deployment actions, on clients from FACTORY."""
+
+    def __init__(self, factory: ApiClientFactory) -> None:
+        self.factory = factory
+
+    async def _read(self, api: client.ApiClient, target: Target) -> client.V1Deployment:
+        ns, name = _deployment_target(target)
+        return await call(
+            "get",
+            "deployments",
+            ns,
+            client.AppsV1Api(api).read_namespaced_deployment(
+                name, ns, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
+
+    # rollout_restart
+
+    async def plan_restart(self, target: Target, params: NoParams) -> tuple[ApiRequest, ...]:
+        async with await self.factory() as api:
+            dep = await self._read(api, target)
+        return (self._restart_request(target, dep),)
+
+    def _restart_request(self, target: Target, dep: client.V1Deployment) -> ApiRequest:
+        return ApiRequest(
+            method="PATCH",
+            path=deployment_path(target),
+            body=restart_body(dep.metadata.generation or 0),
+            content_type=STRATEGIC,
+        )
+
+    async def restart(self, target: Target, params: NoParams, token: int) -> Outcome:
+        ns, name = _deployment_target(target)
+        async with await self.factory() as api:
+            dep = await self._read(api, target)
+            if dep.spec and dep.spec.paused:
+                raise KubernetesRefused(
+                    f"deployment {name} in namespace {ns} is paused: a restart would not roll "
+                    "out; resume it first (kubectl rollout resume)"
+                )
+            request = self._restart_request(target, dep)
+            patched = await call(
+                "patch",
+                "deployments",
+                ns,
+                client.AppsV1Api(api).patch_namespaced_deployment(
+                    name, ns, request.body, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
+        return {
+            "generation": patched.metadata.generation,
+            "previous_generation": dep.metadata.generation,
+            "restarted_at": _template_annotation(patched),
+            "request": request.model_dump(mode="json"),
+        }
+
+    async def restarted(self, target: Target, params: NoParams) -> Outcome | None:
+        async with await self.factory() as api:
+            dep = await self._read(api, target)
+        generation = dep.metadata.generation or 0
+        if _template_annotation(dep) != restart_value(generation - 1):
+            return None
+        return {"generation": generation, "restarted_at": restart_value(generation - 1)}
+
+    # scale
+
+    async def plan_scale(self, target: Target, params: Replicas) -> tuple[ApiRequest, ...]:
+        return (
+            ApiRequest(
+                method="PATCH",
+                path=f"{deployment_path(target)}/scale",
+                body={"spec": {"replicas": params.replicas}},
+                content_type=STRATEGIC,
+            ),
+        )
+
+    async def scale(self, target: Target, params: Replicas, token: int) -> Outcome:
+        ns, name = _deployment_target(target)
+        (request,) = await self.plan_scale(target, params)
+        async with await self.factory() as api:
+            apps = client.AppsV1Api(api)
+            before = await call(
+                "get",
+                "deployments/scale",
+                ns,
+                apps.read_namespaced_deployment_scale(name, ns, _request_timeout=REQUEST_TIMEOUT),
+            )
+            after = await call(
+                "patch",
+                "deployments/scale",
+                ns,
+                apps.patch_namespaced_deployment_scale(
+                    name, ns, request.body, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
+        return {
+            "replicas": after.spec.replicas if after.spec else None,
+            "previous_replicas": before.spec.replicas if before.spec else None,
+            "request": request.model_dump(mode="json"),
+        }
+
+    async def scaled(self, target: Target, params: Replicas) -> Outcome | None:
+        ns, name = _deployment_target(target)
+        async with await self.factory() as api:
+            current = await call(
+                "get",
+                "deployments/scale",
+                ns,
+                client.AppsV1Api(api).read_namespaced_deployment_scale(
+                    name, ns, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
+        replicas = current.spec.replicas if current.spec else None
+        return {"replicas": replicas} if replicas == params.replicas else None
+
+
+def kubernetes_catalogue(
+    api_client_factory: ApiClientFactory, catalogue: Catalogue | None = None
+) -> Catalogue:
+    """The Kubernetes actions, registered in CATALOGUE (a new one by default)."""
+    cat = catalogue if catalogue is not None else Catalogue()
+    deps = _Deployments(api_client_factory)
+    cat.register(
+        ActionSpec(
+            name="kubernetes.rollout_restart",
+            params=NoParams,
+            risk="mutating",
+            target_kind="Deployment",
+            plan=deps.plan_restart,
+            execute=deps.restart,
+            check=deps.restarted,
+            description="restart a Deployment's pods (the restartedAt template annotation)",
+        )
+    )
+    cat.register(
+        ActionSpec(
+            name="kubernetes.scale",
+            params=Replicas,
+            risk="mutating",
+            target_kind="Deployment",
+            plan=deps.plan_scale,
+            execute=deps.scale,
+            check=deps.scaled,
+            description="set a Deployment's replicas through the scale subresource",
+        )
+    )
+    cat.register(
+        ActionSpec(
+            name="kubernetes.get_state",
+            params=NoParams,
+            risk="read_only",
+            target_kind="Namespace",
+            plan=plan_get_state,
+            execute=get_state(api_client_factory),
+            check=no_check,
+            description="Deployments, Pods by phase, Services, Ingresses; ready: all available",
+        )
+    )
+    cat.register(
+        ActionSpec(
+            name="kubernetes.rollout_status",
+            params=NoParams,
+            risk="read_only",
+            target_kind="Deployment",
+            plan=plan_rollout_status,
+            execute=rollout_status(api_client_factory),
+            check=no_check,
+            description="a Deployment's rollout: complete, failed (ProgressDeadlineExceeded)",
+        )
+    )
+    return cat
+
+
+__all__ = [
+    "ConfigMapKey",
+    "HpaBounds",
+    "KubernetesError",
+    "Replicas",
+    "kubernetes_catalogue",
+]

@@ -1,0 +1,330 @@
+"""The catalogue's Kubernetes actions against the real kube-apiserver and controller-manager
+of ``scripts/test-services``: each plan is the request its execute sends (recorded at the
+HTTP client), execute changes the object, check finds a done action and not an undone one,
+and RBAC, paused and missing objects are failures that are not retried.
+
+No kubelet: Pods stay Pending, so a Deployment of 1 or more is never ready. For a ready one
+the test patches the Deployment's status subresource as a kubelet-backed controller would
+(observedGeneration, replicas, updated, ready, available) and reads the state at once: the
+controller-manager may rewrite the status later, but a status it has nothing to change
+(its ReplicaSet reports the same) is left alone long enough in practice; the test for ready
+also has a second, steadier case: a Deployment scaled to 0 is ready once observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+from services import Services, unique_name
+from test_kubernetes_api import deployment, eventually, meta, service_account_client
+
+from actions.catalogue import ActionSpec, Catalogue
+from actions.kubernetes import RESTARTED_AT, kubernetes_catalogue, restart_value
+from actions.kubernetes_reads import (
+    KubernetesForbidden,
+    KubernetesNotFound,
+    KubernetesRefused,
+)
+from runtime.effects import perform
+from schemas.actions import ApiRequest, Target
+from store.effects_embedded import EmbeddedEffectsLedger
+
+NAME = "web"
+
+
+@dataclass
+class Recorder:
+    """Every request the actions' clients sent, as (method, path, content type, body)."""
+
+    kubeconfig: str
+    sent: list[ApiRequest] = field(default_factory=list)
+
+    async def factory(self) -> client.ApiClient:
+        api = await config.new_client_from_config(config_file=self.kubeconfig)
+        rest = api.rest_client
+        original = rest.request
+
+        async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            headers = kwargs.get("headers") or {}
+            self.sent.append(
+                ApiRequest(
+                    method=method,
+                    path=urlsplit(url).path,
+                    body=kwargs.get("body"),
+                    content_type=headers.get("Content-Type") if method == "PATCH" else None,
+                )
+            )
+            return await original(method, url, *args, **kwargs)
+
+        rest.request = request  # type: ignore[method-assign]
+        return api
+
+    def mutations(self) -> list[ApiRequest]:
+        return [r for r in self.sent if r.method not in ("GET", "HEAD")]
+
+
+@pytest.fixture
+async def admin(services: Services) -> AsyncIterator[client.ApiClient]:
+    assert services.kubeconfig, "no SEVPIPE_KUBECONFIG: scripts/test-services up provides it"
+    api = await config.new_client_from_config(config_file=services.kubeconfig)
+    async with api:
+        yield api
+
+
+@pytest.fixture
+async def ns(admin: client.ApiClient) -> AsyncIterator[str]:
+    """A fresh namespace, deleted afterwards (not waited for: nothing else uses its name)."""
+    core = client.CoreV1Api(admin)
+    name = unique_name("sevpipe-act")
+    await core.create_namespace(client.V1Namespace(metadata=meta(name)))
+    try:
+        yield name
+    finally:
+        try:
+            await core.delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.fixture
+def recorder(services: Services) -> Recorder:
+    return Recorder(services.kubeconfig)
+
+
+@pytest.fixture
+def catalogue(recorder: Recorder) -> Catalogue:
+    return kubernetes_catalogue(recorder.factory)
+
+
+def dep_target(ns: str, name: str = NAME) -> Target:
+    return Target(kind="Deployment", namespace=ns, name=name)
+
+
+async def run(spec: ActionSpec[Any], target: Target, params: dict[str, Any]) -> Any:
+    model = spec.params.model_validate(params)
+    return await spec.execute(target, model, 1)
+
+
+async def test_catalogue_names() -> None:
+    async def never() -> client.ApiClient:
+        raise AssertionError("no call at registration")
+
+    cat = kubernetes_catalogue(never)
+    assert {
+        "kubernetes.rollout_restart",
+        "kubernetes.scale",
+        "kubernetes.get_state",
+        "kubernetes.rollout_status",
+    } <= set(cat.names())
+    assert cat.get("kubernetes.rollout_restart").risk == "mutating"
+    assert cat.get("kubernetes.get_state").target_kind == "Namespace"
+
+
+async def test_rollout_restart(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    apps = client.AppsV1Api(admin)
+    await apps.create_namespaced_deployment(ns, deployment(NAME, 1))
+    spec = catalogue.get("kubernetes.rollout_restart")
+    target, params = dep_target(ns), spec.params.model_validate({})
+
+    assert await spec.check(target, params) is None  # never restarted
+    planned = await spec.plan(target, params)
+    assert planned == (
+        ApiRequest(
+            method="PATCH",
+            path=f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}",
+            body={
+                "spec": {
+                    "template": {"metadata": {"annotations": {RESTARTED_AT: restart_value(1)}}}
+                }
+            },
+            content_type="application/strategic-merge-patch+json",
+        ),
+    )
+    assert await spec.plan(target, params) == planned  # deterministic: no clock
+
+    recorder.sent.clear()
+    outcome = await spec.execute(target, params, 7)
+    assert recorder.mutations() == list(planned)  # the planned request is the one sent
+    assert outcome["generation"] == 2
+    assert outcome["restarted_at"] == restart_value(1)
+    after = await apps.read_namespaced_deployment(NAME, ns)
+    assert after.metadata.generation == 2
+    assert after.spec.template.metadata.annotations[RESTARTED_AT] == restart_value(1)
+
+    # After a crash the check finds it done (and the stage does not patch again) ...
+    assert await spec.check(target, params) == {
+        "generation": 2,
+        "restarted_at": restart_value(1),
+    }
+    # ... while a later restart is a new one: a new value, generation 3, and done in turn.
+    replanned = await spec.plan(target, params)
+    assert replanned[0].body["spec"]["template"]["metadata"]["annotations"] == {
+        RESTARTED_AT: restart_value(2)
+    }
+    recorder.sent.clear()
+    assert (await spec.execute(target, params, 8))["generation"] == 3
+    assert recorder.mutations() == list(replanned)
+    assert (await spec.check(target, params) or {})["generation"] == 3
+
+    # Any later spec change makes a crashed restart's check say "not done".
+    await apps.patch_namespaced_deployment(NAME, ns, {"spec": {"replicas": 2}})
+    assert await spec.check(target, params) is None
+
+
+async def test_rollout_restart_refuses_a_paused_deployment(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder, tmp_path: Any
+) -> None:
+    apps = client.AppsV1Api(admin)
+    paused = deployment(NAME, 1)
+    paused.spec.paused = True
+    await apps.create_namespaced_deployment(ns, paused)
+    spec = catalogue.get("kubernetes.rollout_restart")
+    target, params = dep_target(ns), spec.params.model_validate({})
+
+    with pytest.raises(KubernetesRefused, match="paused") as refused:
+        await spec.execute(target, params, 1)
+    assert refused.value.retriable is False
+    assert recorder.mutations() == []
+
+    # Through the effects ledger: the action's failed outcome, recorded, not retried.
+    async with EmbeddedEffectsLedger(tmp_path / "effects.db") as ledger:
+        result = await perform(
+            ledger,
+            "restart-paused",
+            holder="test",
+            lease=60,
+            do=lambda token: spec.execute(target, params, token),
+            check=lambda: spec.check(target, params),
+        )
+    assert result.status == "failed"
+    assert "paused" in result.outcome["error"]
+    assert (await apps.read_namespaced_deployment(NAME, ns)).metadata.generation == 1
+
+
+async def test_scale(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    apps = client.AppsV1Api(admin)
+    await apps.create_namespaced_deployment(ns, deployment(NAME, 1))
+    spec = catalogue.get("kubernetes.scale")
+    target = dep_target(ns)
+    params = spec.params.model_validate({"replicas": 3})
+    with pytest.raises(ValueError, match="greater than or equal"):
+        spec.params.model_validate({"replicas": -1})
+
+    assert await spec.check(target, params) is None
+    planned = await spec.plan(target, params)
+    assert planned == (
+        ApiRequest(
+            method="PATCH",
+            path=f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}/scale",
+            body={"spec": {"replicas": 3}},
+            content_type="application/strategic-merge-patch+json",
+        ),
+    )
+    outcome = await spec.execute(target, params, 1)
+    assert recorder.mutations() == list(planned)
+    assert outcome["replicas"] == 3
+    assert outcome["previous_replicas"] == 1
+    after = await apps.read_namespaced_deployment(NAME, ns)
+    assert after.spec.replicas == 3
+    assert after.metadata.generation == 2
+    assert await spec.check(target, params) == {"replicas": 3}
+    assert await spec.check(target, spec.params.model_validate({"replicas": 0})) is None
+
+
+async def test_missing_deployment_is_not_found(ns: str, catalogue: Catalogue) -> None:
+    for action, params in (
+        ("kubernetes.rollout_restart", {}),
+        ("kubernetes.scale", {"replicas": 2}),
+        ("kubernetes.rollout_status", {}),
+    ):
+        with pytest.raises(KubernetesNotFound, match="not found") as missing:
+            await run(catalogue.get(action), dep_target(ns, "absent"), params)
+        assert missing.value.retriable is False, action
+
+
+async def test_forbidden_is_a_failure_naming_verb_and_resource(
+    services: Services, admin: client.ApiClient, ns: str, tmp_path: Any
+) -> None:
+    """A ServiceAccount of NS may only get Deployments in OTHER: patching there is refused."""
+    core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
+    rbac = client.RbacAuthorizationV1Api(admin)
+    other = unique_name("sevpipe-act-other")
+    await core.create_namespace(client.V1Namespace(metadata=meta(other)))
+    try:
+        await apps.create_namespaced_deployment(other, deployment(NAME, 1))
+        account = "sevpipe-remediator"
+        await core.create_namespaced_service_account(
+            ns, client.V1ServiceAccount(metadata=meta(account))
+        )
+        await rbac.create_namespaced_role(
+            other,
+            client.V1Role(
+                metadata=meta("reader"),
+                rules=[
+                    client.V1PolicyRule(
+                        api_groups=["apps"], resources=["deployments"], verbs=["get"]
+                    )
+                ],
+            ),
+        )
+        await rbac.create_namespaced_role_binding(
+            other,
+            client.V1RoleBinding(
+                metadata=meta("reader"),
+                role_ref=client.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="Role", name="reader"
+                ),
+                subjects=[client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=ns)],
+            ),
+        )
+
+        async def sa_factory() -> client.ApiClient:
+            return await service_account_client(services.kubeconfig, core, ns, account)
+
+        cat = kubernetes_catalogue(sa_factory)
+        restart = cat.get("kubernetes.rollout_restart")
+        target, params = dep_target(other), restart.params.model_validate({})
+
+        async def may_get() -> bool:
+            try:
+                await restart.check(target, params)
+            except KubernetesForbidden:
+                return False
+            return True
+
+        await eventually(may_get, what="the Role binding in effect", within=10)
+
+        with pytest.raises(KubernetesForbidden) as refused:
+            await restart.execute(target, params, 1)
+        assert str(refused.value) == f"forbidden: patch deployments in namespace {other}"
+        assert refused.value.retriable is False
+
+        async with EmbeddedEffectsLedger(tmp_path / "effects.db") as ledger:
+            result = await perform(
+                ledger,
+                "restart-forbidden",
+                holder="test",
+                lease=60,
+                do=lambda token: restart.execute(target, params, token),
+                check=lambda: restart.check(target, params),
+            )
+        assert result.status == "failed"
+        assert result.outcome["error"] == f"forbidden: patch deployments in namespace {other}"
+
+        scale = cat.get("kubernetes.scale")
+        with pytest.raises(KubernetesForbidden, match="deployments/scale"):
+            await run(scale, target, {"replicas": 4})
+        assert (await apps.read_namespaced_deployment(NAME, other)).metadata.generation == 1
+    finally:
+        await core.delete_namespace(other)
