@@ -3,30 +3,34 @@ of ``scripts/test-services``: each plan is the request its execute sends (record
 HTTP client), execute changes the object, check finds a done action and not an undone one,
 and RBAC, paused and missing objects are failures that are not retried.
 
-No kubelet: Pods stay Pending, so a Deployment of 1 or more is never ready. For a ready one
-the test patches the Deployment's status subresource as a kubelet-backed controller would
-(observedGeneration, replicas, updated, ready, available) and reads the state at once: the
-controller-manager may rewrite the status later, but a status it has nothing to change
-(its ReplicaSet reports the same) is left alone long enough in practice; the test for ready
-also has a second, steadier case: a Deployment scaled to 0 is ready once observed.
+No kubelet: Pods stay Pending, so a Deployment of 1 or more is never ready. For the ready
+case the test does not patch the Deployment's status (the controller-manager rewrites it from
+its ReplicaSet at once); it patches the Pods' status subresource as a kubelet would (Running,
+Ready), which nothing here rewrites, and the ReplicaSet and Deployment controllers carry that
+up to a steady Deployment status with every replica available. A Deployment of 0 replicas is
+the other ready case; ProgressDeadlineExceeded is the controller-manager's own, after a
+1-second progress deadline.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from services import Services, unique_name
-from test_kubernetes_api import deployment, eventually, meta, service_account_client
+from test_kubernetes_api import IMAGE, deployment, eventually, meta, service_account_client
 
 from actions.catalogue import ActionSpec, Catalogue
 from actions.kubernetes import RESTARTED_AT, kubernetes_catalogue, restart_value
 from actions.kubernetes_reads import (
+    MAX_OBJECTS,
     KubernetesForbidden,
     KubernetesNotFound,
     KubernetesRefused,
@@ -52,10 +56,11 @@ class Recorder:
 
         async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             headers = kwargs.get("headers") or {}
+            query = kwargs.get("query_params")
             self.sent.append(
                 ApiRequest(
                     method=method,
-                    path=urlsplit(url).path,
+                    path=urlsplit(url).path + (f"?{urlencode(query)}" if query else ""),
                     body=kwargs.get("body"),
                     content_type=headers.get("Content-Type") if method == "PATCH" else None,
                 )
@@ -328,3 +333,149 @@ async def test_forbidden_is_a_failure_naming_verb_and_resource(
         assert (await apps.read_namespaced_deployment(NAME, other)).metadata.generation == 1
     finally:
         await core.delete_namespace(other)
+
+
+def _ready_pod_status() -> dict[str, Any]:
+    """What a kubelet would report for a started, ready Pod."""
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ],
+            "containerStatuses": [
+                {
+                    "name": "web",
+                    "image": IMAGE,
+                    "imageID": "",
+                    "ready": True,
+                    "started": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": now}},
+                }
+            ],
+        }
+    }
+
+
+async def _pods(core: client.CoreV1Api, ns: str, name: str, count: int) -> list[client.V1Pod]:
+    listed = await core.list_namespaced_pod(ns, label_selector=f"app={name}")
+    return listed.items if len(listed.items) >= count else []
+
+
+async def test_get_state(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    """Pending Pods: not ready. Ready only once the Pods report Running and Ready, as a kubelet
+    would (their status subresource patched here; with no kubelet nothing rewrites it), and the
+    ReplicaSet and Deployment controllers carry that up to the Deployment's status."""
+    apps, core = client.AppsV1Api(admin), client.CoreV1Api(admin)
+    net = client.NetworkingV1Api(admin)
+    await apps.create_namespaced_deployment(ns, deployment(NAME, 2))
+    await core.create_namespaced_service(
+        ns,
+        client.V1Service(
+            metadata=meta(NAME),
+            spec=client.V1ServiceSpec(
+                selector={"app": NAME}, ports=[client.V1ServicePort(port=80)]
+            ),
+        ),
+    )
+    await net.create_namespaced_ingress(
+        ns,
+        client.V1Ingress(
+            metadata=meta(NAME),
+            spec=client.V1IngressSpec(
+                rules=[client.V1IngressRule(host="origin.example.test")],
+                default_backend=client.V1IngressBackend(
+                    service=client.V1IngressServiceBackend(
+                        name=NAME, port=client.V1ServiceBackendPort(number=80)
+                    )
+                ),
+            ),
+        ),
+    )
+    pods = await eventually(partial(_pods, core, ns, NAME, 2), what="2 Pods")
+    spec = catalogue.get("kubernetes.get_state")
+    target, params = Target(kind="Namespace", namespace=ns), spec.params.model_validate({})
+
+    planned = await spec.plan(target, params)
+    assert [r.method for r in planned] == ["GET"] * 4
+    recorder.sent.clear()
+    state = await spec.execute(target, params, 1)
+    assert recorder.sent == list(planned)
+    assert state["ready"] is False
+    assert state["max_objects_per_kind"] == MAX_OBJECTS
+    assert state["truncated"] == dict.fromkeys(
+        ("deployments", "pods", "services", "ingresses"), False
+    )
+    (web,) = state["deployments"]
+    assert web["name"] == NAME
+    assert web["replicas"]["desired"] == 2
+    assert web["replicas"]["available"] == 0
+    assert web["complete"] is False
+    assert state["pods"]["by_phase"] == {"Pending": 2}
+    assert [s["name"] for s in state["services"]] == [NAME]
+    assert state["services"][0]["ports"] == ["80/TCP"]
+    assert state["ingresses"] == [{"name": NAME, "class": None, "hosts": ["origin.example.test"]}]
+    assert await spec.check(target, params) is None  # a read: nothing to find
+
+    for pod in pods:
+        await core.patch_namespaced_pod_status(pod.metadata.name, ns, _ready_pod_status())
+
+    async def ready() -> Any:
+        found = await spec.execute(target, params, 2)
+        return found if found["ready"] else None
+
+    state = await eventually(ready, what="the namespace ready")
+    assert state["pods"]["by_phase"] == {"Running": 2}
+    (web,) = state["deployments"]
+    assert web["replicas"]["available"] == 2
+    assert web["observed_generation"] == web["generation"]
+    assert web["complete"] is True
+
+    # A second Deployment, not ready, makes the namespace not ready.
+    await apps.create_namespaced_deployment(ns, deployment("api", 1))
+    assert (await spec.execute(target, params, 3))["ready"] is False
+
+
+async def test_rollout_status(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    """Pending Pods: neither complete nor failed, until the progress deadline (1 s here) passes
+    and the controller-manager itself marks it ProgressDeadlineExceeded."""
+    apps = client.AppsV1Api(admin)
+    slow = deployment(NAME, 1)
+    slow.spec.progress_deadline_seconds = 1
+    await apps.create_namespaced_deployment(ns, slow)
+    await apps.create_namespaced_deployment(ns, deployment("idle", 0))
+    spec = catalogue.get("kubernetes.rollout_status")
+    params = spec.params.model_validate({})
+
+    planned = await spec.plan(dep_target(ns), params)
+    assert planned == (
+        ApiRequest(method="GET", path=f"/apis/apps/v1/namespaces/{ns}/deployments/{NAME}"),
+    )
+    recorder.sent.clear()
+    first = await spec.execute(dep_target(ns), params, 1)
+    assert recorder.sent == list(planned)
+    assert first["complete"] is False
+    assert first["replicas"]["desired"] == 1
+
+    async def failed() -> Any:
+        found = await spec.execute(dep_target(ns), params, 1)
+        return found if found["failed"] else None
+
+    status = await eventually(failed, what="ProgressDeadlineExceeded")
+    assert status["complete"] is False
+    assert any(c["reason"] == "ProgressDeadlineExceeded" for c in status["conditions"])
+
+    async def complete() -> Any:
+        found = await spec.execute(dep_target(ns, "idle"), params, 1)
+        return found if found["complete"] else None
+
+    idle = await eventually(complete, what="a Deployment of 0 complete")
+    assert idle["failed"] is False
+    assert idle["observed_generation"] == idle["generation"] == 1
