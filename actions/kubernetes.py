@@ -15,9 +15,8 @@ Mutations (each ``plan`` is the exact request ``execute`` sends; ``check`` finds
   and the restart runs once more: a second restart, never a missed one. A paused Deployment is
   refused (a restart would not roll out).
 - ``kubernetes.scale`` (Deployment, ``replicas``): a PATCH of the scale subresource.
-- ``kubernetes.emergency_hpa`` (Deployment, ``min_replicas``, ``max_replicas``): an
-  autoscaling/v2 HPA named as the Deployment, created (CPU 70 %) or its bounds patched.
-- ``kubernetes.patch_configmap`` (ConfigMap, ``key``, ``value``): a PATCH of one data key.
+- ``kubernetes.emergency_hpa`` and ``kubernetes.patch_configmap``: see
+  :mod:`actions.kubernetes_capacity`.
 
 Reads (``kubernetes.get_state``, ``kubernetes.rollout_status``) and the error mapping are in
 :mod:`actions.kubernetes_reads`.
@@ -25,12 +24,13 @@ Reads (``kubernetes.get_state``, ``kubernetes.rollout_status``) and the error ma
 
 from __future__ import annotations
 
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from kubernetes_asyncio import client
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from actions.catalogue import ActionSpec, Catalogue, Outcome
+from actions.kubernetes_capacity import Capacity, ConfigMapKey, HpaBounds
 from actions.kubernetes_reads import (
     REQUEST_TIMEOUT,
     ApiClientFactory,
@@ -51,30 +51,11 @@ from schemas.actions import ApiRequest, Target
 RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
 RESTART_PREFIX: Final = "sevpipe-generation-"
 STRATEGIC: Final = "application/strategic-merge-patch+json"
-HPA_CPU_PERCENT: Final = 70
 
 
 class Replicas(BaseModel):
     model_config = ConfigDict(extra="forbid")
     replicas: int = Field(ge=0)
-
-
-class HpaBounds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min_replicas: int = Field(ge=1)
-    max_replicas: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Self:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError("max_replicas is below min_replicas")
-        return self
-
-
-class ConfigMapKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1)
-    value: str
 
 
 def restart_value(generation: int) -> str:
@@ -265,6 +246,31 @@ def kubernetes_catalogue(
             execute=rollout_status(api_client_factory),
             check=no_check,
             description="a Deployment's rollout: complete, failed (ProgressDeadlineExceeded)",
+        )
+    )
+    capacity = Capacity(api_client_factory)
+    cat.register(
+        ActionSpec(
+            name="kubernetes.emergency_hpa",
+            params=HpaBounds,
+            risk="mutating",
+            target_kind="Deployment",
+            plan=capacity.plan_hpa,
+            execute=capacity.emergency_hpa,
+            check=capacity.hpa_in_place,
+            description="create an autoscaling/v2 HPA for a Deployment, or set its bounds",
+        )
+    )
+    cat.register(
+        ActionSpec(
+            name="kubernetes.patch_configmap",
+            params=ConfigMapKey,
+            risk="mutating",
+            target_kind="ConfigMap",
+            plan=capacity.plan_configmap,
+            execute=capacity.patch_configmap,
+            check=capacity.configmap_patched,
+            description="set one key of a ConfigMap's data",
         )
     )
     return cat

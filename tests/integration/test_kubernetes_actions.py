@@ -127,6 +127,8 @@ async def test_catalogue_names() -> None:
         "kubernetes.scale",
         "kubernetes.get_state",
         "kubernetes.rollout_status",
+        "kubernetes.emergency_hpa",
+        "kubernetes.patch_configmap",
     } <= set(cat.names())
     assert cat.get("kubernetes.rollout_restart").risk == "mutating"
     assert cat.get("kubernetes.get_state").target_kind == "Namespace"
@@ -479,3 +481,88 @@ async def test_rollout_status(
     idle = await eventually(complete, what="a Deployment of 0 complete")
     assert idle["failed"] is False
     assert idle["observed_generation"] == idle["generation"] == 1
+
+
+async def test_emergency_hpa(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    apps, hpas = client.AppsV1Api(admin), client.AutoscalingV2Api(admin)
+    await apps.create_namespaced_deployment(ns, deployment(NAME, 2))
+    spec = catalogue.get("kubernetes.emergency_hpa")
+    target = dep_target(ns)
+    params = spec.params.model_validate({"min_replicas": 6, "max_replicas": 20})
+    with pytest.raises(ValueError, match="below"):
+        spec.params.model_validate({"min_replicas": 6, "max_replicas": 2})
+    collection = f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers"
+
+    # None yet: planned and sent as a create.
+    assert await spec.check(target, params) is None
+    (create,) = await spec.plan(target, params)
+    assert (create.method, create.path) == ("POST", collection)
+    assert create.body["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": NAME,
+    }
+    recorder.sent.clear()
+    outcome = await spec.execute(target, params, 1)
+    assert recorder.mutations() == [create]
+    assert outcome["created"] is True
+    made = await hpas.read_namespaced_horizontal_pod_autoscaler(NAME, ns)
+    assert (made.spec.min_replicas, made.spec.max_replicas) == (6, 20)
+    assert await spec.check(target, params) == {"min_replicas": 6, "max_replicas": 20}
+
+    # There: planned and sent as a patch of the bounds.
+    wider = spec.params.model_validate({"min_replicas": 8, "max_replicas": 30})
+    assert await spec.check(target, wider) is None
+    planned = await spec.plan(target, wider)
+    assert planned == (
+        ApiRequest(
+            method="PATCH",
+            path=f"{collection}/{NAME}",
+            body={"spec": {"minReplicas": 8, "maxReplicas": 30}},
+            content_type="application/strategic-merge-patch+json",
+        ),
+    )
+    recorder.sent.clear()
+    outcome = await spec.execute(target, wider, 2)
+    assert recorder.mutations() == list(planned)
+    assert outcome["created"] is False
+    assert outcome["previous"] == {"min_replicas": 6, "max_replicas": 20}
+    patched = await hpas.read_namespaced_horizontal_pod_autoscaler(NAME, ns)
+    assert (patched.spec.min_replicas, patched.spec.max_replicas) == (8, 30)
+    assert patched.metadata.generation == made.metadata.generation + 1
+    assert await spec.check(target, wider) == {"min_replicas": 8, "max_replicas": 30}
+
+
+async def test_patch_configmap(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    core = client.CoreV1Api(admin)
+    await core.create_namespaced_config_map(
+        ns, client.V1ConfigMap(metadata=meta("db"), data={"POOL_SIZE": "10", "OTHER": "x"})
+    )
+    spec = catalogue.get("kubernetes.patch_configmap")
+    target = Target(kind="ConfigMap", namespace=ns, name="db")
+    params = spec.params.model_validate({"key": "POOL_SIZE", "value": "40"})
+
+    assert await spec.check(target, params) is None
+    planned = await spec.plan(target, params)
+    assert planned == (
+        ApiRequest(
+            method="PATCH",
+            path=f"/api/v1/namespaces/{ns}/configmaps/db",
+            body={"data": {"POOL_SIZE": "40"}},
+            content_type="application/strategic-merge-patch+json",
+        ),
+    )
+    recorder.sent.clear()
+    outcome = await spec.execute(target, params, 1)
+    assert recorder.mutations() == list(planned)
+    assert outcome["previous_value"] == "10"
+    after = await core.read_namespaced_config_map("db", ns)
+    assert after.data == {"POOL_SIZE": "40", "OTHER": "x"}  # the other keys untouched
+    assert await spec.check(target, params) == {"key": "POOL_SIZE", "value": "40"}
+
+    with pytest.raises(KubernetesNotFound):
+        await run(spec, Target(kind="ConfigMap", namespace=ns, name="absent"), params.model_dump())
