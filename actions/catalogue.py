@@ -18,6 +18,7 @@ RBAC, a 404, a refused patch) is the action's failed outcome, reported and not r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +27,11 @@ from pydantic import BaseModel
 from schemas.actions import ApiRequest, Risk, Target
 
 P = TypeVar("P", bound=BaseModel)
+
+ACTION_ID: ContextVar[str | None] = ContextVar("sevpipe_action_id", default=None)
+"""The id of the action being planned, run or checked, set by the stage around each call: an
+action that marks what it changes (a restart's annotation) marks it with this, so its
+``check`` knows its own mark from another action's. None outside the stage."""
 Outcome = Mapping[str, Any]
 
 

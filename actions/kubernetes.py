@@ -4,15 +4,12 @@ Mutations (each ``plan`` is the exact request ``execute`` sends; ``check`` finds
 
 - ``kubernetes.rollout_restart`` (Deployment): the strategic-merge PATCH of the pod
   template's ``kubectl.kubernetes.io/restartedAt`` annotation, as ``kubectl rollout restart``
-  does, but with a deterministic value instead of the time: ``sevpipe-generation-<G>``, G the
-  Deployment's ``metadata.generation`` when planned, i.e. "the restart of spec generation G".
-  The contract gives ``plan`` and ``check`` neither the action's id nor its fencing token, so
-  the value comes from the Deployment itself: the same G at plan and at execute (unless the
-  spec changed in between) gives the same request, and the patch makes the generation G+1, so
-  ``check`` finds the restart done when the template carries the value of the generation
-  just before the current one (the restart is the latest spec change). Should the spec change
-  again after the restart and before a crashed action is checked, the check says "not done"
-  and the restart runs once more: a second restart, never a missed one. A paused Deployment is
+  does, but with a deterministic value instead of the time. Run by the stage, the value is
+  ``sevpipe-action-<action id>`` (``catalogue.ACTION_ID``): the planned request is the one
+  sent, and ``check`` finds the restart done exactly when the template carries this action's
+  mark, whatever changed the spec since and whatever restart came before. Called outside the
+  stage, it is ``sevpipe-generation-<G>``, G the Deployment's generation when planned, and
+  ``check`` finds it when the restart is the latest spec change. A paused Deployment is
   refused (a restart would not roll out).
 - ``kubernetes.scale`` (Deployment, ``replicas``): a PATCH of the scale subresource.
 - ``kubernetes.emergency_hpa`` and ``kubernetes.patch_configmap``: see
@@ -29,7 +26,7 @@ from typing import Any, Final
 from kubernetes_asyncio import client
 from pydantic import BaseModel, ConfigDict, Field
 
-from actions.catalogue import ActionSpec, Catalogue, Outcome
+from actions.catalogue import ACTION_ID, ActionSpec, Catalogue, Outcome
 from actions.kubernetes_capacity import Capacity, ConfigMapKey, HpaBounds
 from actions.kubernetes_reads import (
     REQUEST_TIMEOUT,
@@ -50,6 +47,7 @@ from schemas.actions import ApiRequest, Target
 
 RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
 RESTART_PREFIX: Final = "sevpipe-generation-"
+ACTION_PREFIX: Final = "sevpipe-action-"
 STRATEGIC: Final = "application/strategic-merge-patch+json"
 
 
@@ -59,6 +57,11 @@ class Replicas(BaseModel):
 
 
 def restart_value(generation: int) -> str:
+    """The mark of a restart: the action's own id when the stage runs it (ACTION_ID), else
+    the Deployment's generation when planned."""
+    action_id = ACTION_ID.get()
+    if action_id is not None:
+        return f"{ACTION_PREFIX}{action_id}"
     return f"{RESTART_PREFIX}{generation}"
 
 
@@ -138,9 +141,15 @@ class _Deployments:
         async with await self.factory() as api:
             dep = await self._read(api, target)
         generation = dep.metadata.generation or 0
-        if _template_annotation(dep) != restart_value(generation - 1):
+        if ACTION_ID.get() is not None:
+            # The action's own mark: found whatever changed the spec since; another action's
+            # restart is not this one.
+            mark = restart_value(generation)
+        else:
+            mark = restart_value(generation - 1)
+        if _template_annotation(dep) != mark:
             return None
-        return {"generation": generation, "restarted_at": restart_value(generation - 1)}
+        return {"generation": generation, "restarted_at": mark}
 
     # scale
 

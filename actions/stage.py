@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from actions.catalogue import Catalogue, UnknownAction
+from actions.catalogue import ACTION_ID, Catalogue, UnknownAction
 from actions.guard import Admitted, Guard, Refused
 from actions.inventory import Inventory
 from actions.playbooks import PlannedStep, Playbooks, matching, unmet
@@ -103,6 +103,15 @@ class ActionsStage:
     ) -> Mapping[str, Any] | None:
         """Take one step; its result when it ran and succeeded (what ``when`` reads)."""
         action = _Action(self, incident, step, step.target or Target(kind="unknown"))
+        marked = ACTION_ID.set(action.action_id)
+        try:
+            return await self._take(action, step, results)
+        finally:
+            ACTION_ID.reset(marked)
+
+    async def _take(
+        self, action: _Action, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
+    ) -> Mapping[str, Any] | None:
         prepared = await self._admit(action, step, results)
         if isinstance(prepared, str):
             await action.emit("skipped", reason=prepared)

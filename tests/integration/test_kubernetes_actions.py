@@ -27,7 +27,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from services import Services, unique_name
 from test_kubernetes_api import IMAGE, deployment, eventually, meta, service_account_client
 
-from actions.catalogue import ActionSpec, Catalogue
+from actions.catalogue import ACTION_ID, ActionSpec, Catalogue
 from actions.kubernetes import RESTARTED_AT, kubernetes_catalogue, restart_value
 from actions.kubernetes_reads import (
     MAX_OBJECTS,
@@ -185,6 +185,36 @@ async def test_rollout_restart(
     # Any later spec change makes a crashed restart's check say "not done".
     await apps.patch_namespaced_deployment(NAME, ns, {"spec": {"replicas": 2}})
     assert await spec.check(target, params) is None
+
+
+async def test_rollout_restart_run_by_the_stage_carries_its_own_action_id(
+    admin: client.ApiClient, ns: str, catalogue: Catalogue, recorder: Recorder
+) -> None:
+    """Run as the stage runs it (ACTION_ID set), a restart's mark is its action id: its check
+    finds it after any later spec change, and another action's restart is not it."""
+    apps = client.AppsV1Api(admin)
+    await apps.create_namespaced_deployment(ns, deployment(NAME, 1))
+    spec = catalogue.get("kubernetes.rollout_restart")
+    target, params = dep_target(ns), spec.params.model_validate({})
+    mine = ACTION_ID.set("01JNQACTION0000000000000A1")
+    try:
+        assert await spec.check(target, params) is None
+        planned = await spec.plan(target, params)
+        recorder.sent.clear()
+        await spec.execute(target, params, 1)
+        assert recorder.mutations() == list(planned)
+        mark = "sevpipe-action-01JNQACTION0000000000000A1"
+        annotations = (await apps.read_namespaced_deployment(NAME, ns)).spec.template.metadata
+        assert annotations.annotations[RESTARTED_AT] == mark
+        await apps.patch_namespaced_deployment(NAME, ns, {"spec": {"replicas": 2}})
+        assert (await spec.check(target, params) or {})["restarted_at"] == mark
+    finally:
+        ACTION_ID.reset(mine)
+    other = ACTION_ID.set("01JNQACTION0000000000000B2")
+    try:
+        assert await spec.check(target, params) is None  # that restart was not this one
+    finally:
+        ACTION_ID.reset(other)
 
 
 async def test_rollout_restart_refuses_a_paused_deployment(
