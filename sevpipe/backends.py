@@ -11,7 +11,7 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
 from eventlog import EmbeddedLog, EventLog
 from sevpipe.settings import Settings
-from store import EmbeddedStore, IncidentStore
+from store import Coordinator, EmbeddedStore, IncidentStore, LocalCoordinator, RedisCoordinator
 from store.effects import EffectsLedger
 from store.effects_embedded import EmbeddedEffectsLedger
 
@@ -136,3 +136,15 @@ async def open_effects_ledger(
         wait=wait and bool(settings.postgres_dsn),
     ) as ledger:
         yield ledger
+
+
+@contextlib.asynccontextmanager
+async def open_coordinator(settings: Settings, *, wait: bool = False) -> AsyncIterator[Coordinator]:
+    """Locks, cooldowns and rate limits: on Redis when ``redis_url`` is set, else in-process."""
+    url = settings.redis_url
+
+    def make() -> Coordinator:
+        return RedisCoordinator(url) if url else LocalCoordinator()
+
+    async with _opened(make, "redis" if url else "the coordinator", wait=wait and bool(url)) as c:
+        yield c

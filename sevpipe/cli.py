@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_args(classify, server=True)
     notify = sub.add_parser("notify", help="the comms stage alone (metrics on --port)")
     _add_settings_args(notify, server=True)
+    act = sub.add_parser("act", help="the actions stage alone (metrics on --port)")
+    _add_settings_args(act, server=True)
 
     replay = sub.add_parser("replay", help="print the event log")
     _add_settings_args(replay, server=False)
@@ -113,6 +115,7 @@ ROLES_OF = {
     "ingest": {"ingest"},
     "classify": {"classify"},
     "notify": {"notify"},
+    "act": {"act"},
 }
 
 
@@ -123,7 +126,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
     tune_gc()
-    return _runner()(serve(settings, frozenset(ROLES_OF[args.command])))
+    roles = set(ROLES_OF[args.command])
+    if args.command == "run" and settings.kubeconfig is not None:
+        roles.add("act")  # remediation needs a cluster to act on
+    return _runner()(serve(settings, frozenset(roles)))
 
 
 def tune_gc() -> None:
@@ -241,6 +247,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ingest": _cmd_serve,
     "classify": _cmd_serve,
     "notify": _cmd_serve,
+    "act": _cmd_serve,
     "playbooks": _cmd_playbooks,
     "replay": _cmd_replay,
     "send": _cmd_send,

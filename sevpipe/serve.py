@@ -22,14 +22,21 @@ from eventlog import EventLog
 from ingest import Credentials, Receiver, ReceiverMetrics
 from schemas import TOPIC_ALERTS
 from sevpipe.access import Access, OperatorToken
-from sevpipe.backends import describe, open_effects_ledger, open_eventlog, open_store
+from sevpipe.actions_wiring import actions_runtime
+from sevpipe.backends import (
+    describe,
+    open_coordinator,
+    open_effects_ledger,
+    open_eventlog,
+    open_store,
+)
 from sevpipe.backpressure import Backpressure, LagWatch
 from sevpipe.comms_wiring import comms_runtime
 from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
 from sevpipe.slack_http import slack_routes
 from sevpipe.status_http import status_routes
-from store import IncidentStore
+from store import Coordinator, IncidentStore
 from store.effects import EffectsLedger
 
 log = logging.getLogger(__name__)
@@ -81,9 +88,11 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
     async with contextlib.AsyncExitStack() as backends:
         eventlog = await backends.enter_async_context(open_eventlog(settings, wait=True))
         store = await backends.enter_async_context(open_store(settings, wait=True))
-        ledger = None
-        if "notify" in roles:
+        ledger = coordinator = None
+        if roles & {"notify", "act"}:
             ledger = await backends.enter_async_context(open_effects_ledger(settings, wait=True))
+        if "act" in roles:
+            coordinator = await backends.enter_async_context(open_coordinator(settings, wait=True))
         stop = asyncio.Event()
         parts = _Parts.start(
             settings,
@@ -92,6 +101,7 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             eventlog=eventlog,
             store=store,
             ledger=ledger,
+            coordinator=coordinator,
             registry=registry,
             stop=stop,
         )
@@ -148,6 +158,7 @@ class _Parts:
     backpressure: Backpressure | None = None
     watch_task: asyncio.Task[None] | None = None
     comms_task: asyncio.Task[None] | None = None
+    actions_task: asyncio.Task[None] | None = None
     ready: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     @classmethod
@@ -160,14 +171,26 @@ class _Parts:
         eventlog: EventLog,
         store: IncidentStore,
         ledger: EffectsLedger | None,
+        coordinator: Coordinator | None,
         registry: CollectorRegistry,
         stop: asyncio.Event,
     ) -> _Parts:
         parts = cls()
-        if ledger is not None:
+        if ledger is not None and "notify" in roles:
             runtime = comms_runtime(settings, eventlog, store, ledger, registry)
             parts.ready["comms"] = runtime.ready
             parts.comms_task = asyncio.create_task(runtime.run(stop), name="sevpipe-comms")
+        if ledger is not None and coordinator is not None:
+            acts = actions_runtime(
+                settings,
+                eventlog,
+                store,
+                ledger=ledger,
+                coordinator=coordinator,
+                registry=registry,
+            )
+            parts.ready["actions"] = acts.ready
+            parts.actions_task = asyncio.create_task(acts.run(stop), name="sevpipe-actions")
         group = settings.consumer_group_prefix + CONSUMER_GROUP
         paced = "ingest" in roles and settings.ingest_max_lag > 0
         lag: Callable[[], int]
@@ -195,7 +218,8 @@ class _Parts:
 
     @property
     def tasks(self) -> list[asyncio.Task[None]]:
-        return [t for t in (self.stage_task, self.comms_task) if t is not None]
+        tasks = (self.stage_task, self.comms_task, self.actions_task)
+        return [t for t in tasks if t is not None]
 
     async def finish(self, deadline: float) -> None:
         for task in self.tasks:

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     actions_mode: Literal["dry_run", "live"] = Field(
         "dry_run", description="dry_run records the exact requests; live must be chosen"
     )
+    kubeconfig: Path | None = Field(
+        None, description="the cluster remediations act on (sevpipe act); none: no actions"
+    )
+    approval_ttl: Seconds = Field(
+        1800.0, gt=0, description="how long an action waits for approval before it expires"
+    )
     operators: list[Operator] = Field(
         default_factory=list,
         description="API users with roles; once set, the Alertmanager credential only posts alerts",

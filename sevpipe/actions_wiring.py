@@ -1,0 +1,60 @@
+"""The actions stage as settings make it: the catalogue (Kubernetes when a kubeconfig is
+given), playbooks, inventory and guard, on the stage runtime."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from kubernetes_asyncio import client, config
+from prometheus_client import CollectorRegistry
+
+from actions.catalogue import Catalogue
+from actions.guard import Guard, Limits
+from actions.kubernetes import kubernetes_catalogue
+from actions.stage import CONSUMER_GROUP, ActionsStage
+from eventlog import EventLog
+from runtime.stage import StageRuntime
+from sevpipe.http import ConsumerLagCollector
+from sevpipe.settings import Settings
+from store import Coordinator, IncidentStore
+from store.effects import EffectsLedger
+
+
+def catalogue_of(settings: Settings) -> Catalogue:
+    """The Kubernetes actions when a kubeconfig is set; else none (every step is skipped as
+    an unknown action, and says so)."""
+    kubeconfig = settings.kubeconfig
+    if kubeconfig is None:
+        return Catalogue()
+
+    async def api() -> client.ApiClient:
+        return await config.new_client_from_config(config_file=str(kubeconfig))
+
+    return kubernetes_catalogue(api)
+
+
+def actions_runtime(
+    settings: Settings,
+    eventlog: EventLog,
+    store: IncidentStore,
+    *,
+    ledger: EffectsLedger,
+    coordinator: Coordinator,
+    registry: CollectorRegistry,
+) -> StageRuntime:
+    inventory = settings.inventory()
+    stage = ActionsStage(
+        eventlog,
+        store,
+        ledger=ledger,
+        catalogue=catalogue_of(settings),
+        playbooks=settings.playbooks(),
+        inventory=inventory,
+        guard=Guard(coordinator, Limits(), inventory),
+        live=settings.actions_mode == "live",
+        approval_ttl=timedelta(seconds=settings.approval_ttl),
+    )
+    group = settings.consumer_group_prefix + CONSUMER_GROUP
+    runtime = StageRuntime(eventlog, stage, registry, group=group, batch_size=50)
+    registry.register(ConsumerLagCollector(group, runtime.lag))
+    return runtime
