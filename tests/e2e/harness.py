@@ -231,6 +231,40 @@ def group_webhook(
     }
 
 
+def one_alert_webhook(
+    group_key: str,
+    labels: Mapping[str, str],
+    fingerprint: str,
+    *,
+    summary: str,
+    starts_at: str,
+    status: str = "firing",
+    ends_at: str = "0001-01-01T00:00:00Z",
+) -> bytes:
+    """A webhook body of one alert, as Alertmanager sends it, encoded."""
+    alert = {
+        "status": status,
+        "labels": dict(labels),
+        "annotations": {"summary": summary},
+        "startsAt": starts_at,
+        "endsAt": ends_at,
+        "fingerprint": fingerprint,
+    }
+    return orjson.dumps(
+        {
+            "version": "4",
+            "groupKey": group_key,
+            "status": status,
+            "receiver": "sevpipe",
+            "groupLabels": {},
+            "commonLabels": {},
+            "commonAnnotations": {},
+            "externalURL": "http://alertmanager:9093",
+            "alerts": [alert],
+        }
+    )
+
+
 async def _summaries(session: aiohttp.ClientSession, base_url: str) -> list[dict[str, Any]]:
     async with session.get(f"{base_url}/api/v1/incidents?limit=1000") as resp:
         assert resp.status == 200, await resp.text()

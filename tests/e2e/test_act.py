@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import yaml
 from kubernetes_asyncio import client, config
 from services import Services, unique_name
 
 from .backends import Backend, backend_named
-from .harness import Launcher, replay
+from .harness import Launcher, one_alert_webhook, replay
 
 pytestmark = pytest.mark.e2e
 
@@ -60,31 +59,13 @@ async def cluster(services: Services) -> AsyncIterator[tuple[client.ApiClient, s
 
 
 def outage(ns: str) -> bytes:
-    alert = {
-        "status": "firing",
-        "labels": {
-            "alertname": "OriginDown",
-            "impact": "outage",
-            "namespace": ns,
-            "deployment": NAME,
-        },
-        "annotations": {"summary": "origin is down"},
-        "startsAt": "2026-11-29T03:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "fingerprint": "0a1b2c",
-    }
-    return orjson.dumps(
-        {
-            "version": "4",
-            "groupKey": f'{{}}:{{namespace="{ns}"}}',
-            "status": "firing",
-            "receiver": "sevpipe",
-            "groupLabels": {},
-            "commonLabels": {},
-            "commonAnnotations": {},
-            "externalURL": "http://alertmanager:9093",
-            "alerts": [alert],
-        }
+    labels = {"alertname": "OriginDown", "impact": "outage", "namespace": ns, "deployment": NAME}
+    return one_alert_webhook(
+        f'{{}}:{{namespace="{ns}"}}',
+        labels,
+        "0a1b2c",
+        summary="origin is down",
+        starts_at="2026-11-29T03:00:00Z",
     )
 
 

@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from .harness import Launcher, Server, replay, sevpipe
+from .harness import Launcher, Server, one_alert_webhook, replay, sevpipe
 
 pytestmark = pytest.mark.e2e
 
@@ -22,26 +22,14 @@ DEADLINE = 30.0
 
 
 def body(status: str = "firing") -> bytes:
-    alert = {
-        "status": status,
-        "labels": {"alertname": "CheckoutDown", "service": "checkout", "impact": "outage"},
-        "annotations": {"summary": "checkout is down <!channel>"},
-        "startsAt": "2026-11-29T21:00:00Z",
-        "endsAt": "2026-11-29T21:30:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
-        "fingerprint": "c0ffee",
-    }
-    return orjson.dumps(
-        {
-            "version": "4",
-            "groupKey": GK,
-            "status": status,
-            "receiver": "sevpipe",
-            "groupLabels": {"service": "checkout"},
-            "commonLabels": {},
-            "commonAnnotations": {},
-            "externalURL": "http://alertmanager:9093",
-            "alerts": [alert],
-        }
+    return one_alert_webhook(
+        GK,
+        {"alertname": "CheckoutDown", "service": "checkout", "impact": "outage"},
+        "c0ffee",
+        summary="checkout is down <!channel>",
+        starts_at="2026-11-29T21:00:00Z",
+        status=status,
+        ends_at="2026-11-29T21:30:00Z" if status == "resolved" else "0001-01-01T00:00:00Z",
     )
 
 

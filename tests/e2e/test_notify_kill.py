@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 import yaml
 from slack_server import TOKEN, FakeSlack
 
 from .backends import Backend, backend_named
-from .harness import Launcher, replay
+from .harness import Launcher, one_alert_webhook, replay
 
 pytestmark = pytest.mark.e2e
 
@@ -30,26 +29,12 @@ def production(request: pytest.FixtureRequest) -> Any:
 
 
 def sev1() -> bytes:
-    alert = {
-        "status": "firing",
-        "labels": {"alertname": "CheckoutSlow", "service": "checkout", "impact": "cdn_failure"},
-        "annotations": {"summary": "checkout assets are not served"},
-        "startsAt": "2026-11-29T21:00:00Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "fingerprint": "feed01",
-    }
-    return orjson.dumps(
-        {
-            "version": "4",
-            "groupKey": GK,
-            "status": "firing",
-            "receiver": "sevpipe",
-            "groupLabels": {},
-            "commonLabels": {},
-            "commonAnnotations": {},
-            "externalURL": "http://alertmanager:9093",
-            "alerts": [alert],
-        }
+    return one_alert_webhook(
+        GK,
+        {"alertname": "CheckoutSlow", "service": "checkout", "impact": "cdn_failure"},
+        "feed01",
+        summary="checkout assets are not served",
+        starts_at="2026-11-29T21:00:00Z",
     )
 
 
