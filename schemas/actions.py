@@ -14,6 +14,8 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.envelope import Envelope, derived_event_id
+
 ACTION_PLANNED: Final = "action.planned"
 ACTION_AWAITING_APPROVAL: Final = "action.awaiting_approval"
 ACTION_APPROVED: Final = "action.approved"
@@ -102,3 +104,20 @@ class ActionEventData(BaseModel):
     actor: str | None = Field(None, description="who approved or denied it")
     expires_at: AwareDatetime | None = Field(None, description="an unapproved action's end")
     decided_at: datetime | None = None
+
+
+DECIDED_STATES: Final = frozenset({"approved", "denied", "expired"})
+"""A person's (or the clock's) answer to an ``awaiting_approval`` action."""
+
+
+def action_envelope(data: ActionEventData, *, source: str, at: datetime) -> Envelope:
+    """The ``action.<state>`` event of ``data``. Its id derives from the action and state, so
+    a re-decided or re-relayed event is the same event to the log's dedup and downstream."""
+    return Envelope(
+        id=derived_event_id(data.action_id, data.state),
+        type=f"action.{data.state}",
+        source=source,
+        time=at,
+        subject=data.incident_id,
+        data=data.model_dump(mode="json"),
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from schemas import Envelope
 from schemas.alertmanager import AlertStatus
 from schemas.incidents import Incident, IncidentAlert, IncidentEventData
+from store.actions_embedded import EmbeddedActions
 from store.base import (
     GroupState,
     IncidentQuery,
@@ -40,7 +41,7 @@ def _relay_lock(path: Path) -> asyncio.Lock:
     return lock
 
 
-class EmbeddedStore(SqliteWorker):
+class EmbeddedStore(SqliteWorker, EmbeddedActions):
     NAME = "store"
     THREAD = "sevpipe-store"
 

@@ -2,7 +2,8 @@
 
 ``PRAGMA user_version`` is the schema version. Version 1 kept each group's marks, and each
 incident's alerts, inside one document: every batch rewrote them whole, which made a group of
-n alerts cost O(n^2). Version 2 keeps one row per mark and per alert.
+n alerts cost O(n^2). Version 2 keeps one row per mark and per alert. Version 3 adds the
+actions book (``store.actions_embedded``), a new table only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Final
 
 import orjson
 
-VERSION: Final = 2
+from store.actions_embedded import SCHEMA as ACTIONS_SCHEMA
+
+VERSION: Final = 3
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -71,7 +74,7 @@ def create_or_upgrade(conn: sqlite3.Connection) -> None:
         columns = {r[1] for r in conn.execute("PRAGMA table_info(groups)")}
         if "marks" in columns:
             _upgrade_from_1(conn)
-        for statement in SCHEMA.split(";"):
+        for statement in (SCHEMA + ACTIONS_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {VERSION}")

@@ -18,6 +18,7 @@ import asyncpg
 from schemas import Envelope
 from schemas.alertmanager import AlertStatus
 from schemas.incidents import Incident, IncidentAlert, IncidentEventData
+from store.actions_postgres import PostgresActions
 from store.base import (
     AlertMark,
     GroupState,
@@ -33,7 +34,7 @@ from store.postgres_writes import ms, pg, restore_event, unpg, write_groups, wri
 RELAY_LOCK = 0x72656C617901
 
 
-class PostgresStore(PgPool):
+class PostgresStore(PgPool, PostgresActions):
     NAME = "store"
 
     # -- reads -----------------------------------------------------------------------------
