@@ -7,7 +7,12 @@ taken in order, each on the targets the inventory gives it:
   caps): ``action.skipped`` with the reason;
 - a step whose ``when`` does not hold given the earlier steps' results: ``action.skipped``;
 - mode ``approve``: ``action.awaiting_approval`` with the requests it would make and when the
-  request expires (approving is a person's: the API, issue 9's next part);
+  request expires. A person answers through the API (``store.actions``: a compare-and-set
+  written with its ``action.approved`` or ``.denied`` event in the outbox); the stage reads
+  ``action.approved`` back from ``sevpipe.actions`` and runs the action then, the guard
+  asked again (cooldown, rate, concurrency) at that moment. Nobody answering in time makes
+  it ``action.expired`` (this stage's sweep). An action once answered is not asked again
+  for the same incident; one skipped (the guard refused it) is, when the incident escalates;
 - mode ``auto``: ``action.planned`` with the exact requests, then, in dry-run, ``skipped``
   ("dry-run") and nothing touched (reads still run: they change nothing, and later steps
   decide on what they find); live, ``started`` and ``succeeded`` or ``failed``, the run
@@ -16,12 +21,15 @@ taken in order, each on the targets the inventory gives it:
   blind re-run.
 
 Events carry the whole action as it stands and have ids derived from the action and state,
-so a re-decided event is recognised downstream.
+so a re-decided event is recognised downstream. Each is appended before the actions book
+records the state it leads to: a crash in between leaves the book behind the log, and the
+redelivered trigger catches it up.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -34,11 +42,20 @@ from actions.inventory import Inventory
 from actions.playbooks import PlannedStep, Playbooks, matching, unmet
 from eventlog import EventLog, Record
 from runtime.effects import EffectResult, default_holder, perform
-from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, Envelope, derived_event_id
-from schemas.actions import ActionEventData, ActionState, ApiRequest, Target
+from runtime.relay import relay_outbox
+from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, derived_event_id
+from schemas.actions import (
+    ACTION_APPROVED,
+    ActionEventData,
+    ActionState,
+    ApiRequest,
+    Target,
+    action_envelope,
+)
 from schemas.events import IncidentEnvelope
 from schemas.incidents import Incident, IncidentAlert
 from store import IncidentStore
+from store.actions import ActionConflict, ActionsBook, DecisionRequest
 from store.effects import EffectsLedger
 
 log = logging.getLogger(__name__)
@@ -48,11 +65,14 @@ SOURCE: Final = "/sevpipe/actions"
 TRIGGERS: Final = frozenset({"incident.opened", "incident.escalated", "incident.reopened"})
 MAX_ALERTS: Final = 500
 """Alerts of an incident whose labels may choose targets: a storm's first few hundred."""
+SWEEP_EVERY: Final = 5.0
+"""Seconds between looks for approvals that ran out: an expiry is at most this late."""
+RELAY_EVERY: Final = 1.0
 
 
 class ActionsStage:
     name = "actions"
-    topics = (TOPIC_INCIDENTS,)
+    topics = (TOPIC_INCIDENTS, TOPIC_ACTIONS)
 
     def __init__(
         self,
@@ -68,9 +88,15 @@ class ActionsStage:
         approval_ttl: timedelta = timedelta(minutes=30),
         lease: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        book: ActionsBook | None = None,
     ) -> None:
         self.log = eventlog
         self.store = store
+        if book is None:
+            if not isinstance(store, ActionsBook):
+                raise TypeError(f"{type(store).__name__} keeps no actions book: pass book=")
+            book = store
+        self.book = book
         self.ledger = ledger
         self.catalogue = catalogue
         self.playbooks = playbooks
@@ -81,15 +107,71 @@ class ActionsStage:
         self.lease = lease
         self.clock = clock
         self.holder = default_holder()
+        self._next_sweep = 0.0
+        self._next_relay = 0.0
 
     async def handle(self, records: Sequence[Record]) -> None:
         for record in records:
+            if record.topic == TOPIC_ACTIONS:
+                if record.envelope.type == ACTION_APPROVED:
+                    await self.run_approved(ActionEventData.model_validate(record.envelope.data))
+                continue
             env = record.decode(IncidentEnvelope)
             if env.type not in TRIGGERS:
                 continue
             incident = env.data.incident
             alerts = await self.store.list_alerts(incident.id, status="firing", limit=MAX_ALERTS)
             await self.run_playbook(incident, alerts)
+
+    async def tick(self) -> None:
+        """Before each poll: approvals that ran out become ``action.expired``; decisions in
+        the outbox (the API's, the sweep's) are relayed to the log, so an approval reaches
+        this stage even where no classifier runs beside it."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_EVERY
+            await self.expire_approvals()
+        if now >= self._next_relay:
+            self._next_relay = now + RELAY_EVERY
+            await relay_outbox(self.store, self.log)
+
+    async def expire_approvals(self) -> int:
+        """Mark every approval whose time ran out ``expired``; returns how many."""
+        at = self.clock()
+        expired = 0
+        for action_id in await self.book.due_approvals(at):
+            why = f"nobody approved it within {_minutes(self.approval_ttl)}"
+            try:
+                await self.book.decide_action(
+                    action_id, DecisionRequest("expired", "sevpipe", at, why), source=SOURCE
+                )
+            except ActionConflict:
+                continue  # a person answered first, or another replica expired it
+            expired += 1
+            log.info("action %s expired: %s", action_id, why)
+        return expired
+
+    async def run_approved(self, approved: ActionEventData) -> None:
+        """Run an action a person approved: the guard asked now, then as any other run."""
+        stored = await self.book.get_action(approved.action_id) or approved
+        if stored.state not in ("approved", "started"):
+            return  # run before (its outcome recorded after its event): nothing left to do
+        action = _Action.of(self, stored)
+        step = action.step
+        marked = ACTION_ID.set(action.action_id)
+        try:
+            prepared = await self._admit(action, step, {}, asked=True)
+            if isinstance(prepared, str):
+                await action.emit("skipped", reason=prepared)
+                return
+            spec, params, admitted = prepared
+            if not self.live and spec.risk != "read_only":
+                await self.guard.release(admitted)
+                await action.emit("skipped", reason="dry-run: the requests above were not sent")
+                return
+            await self._execute(action, admitted, spec, params)
+        finally:
+            ACTION_ID.reset(marked)
 
     async def run_playbook(self, incident: Incident, alerts: Sequence[IncidentAlert]) -> None:
         results: dict[str, Mapping[str, Any]] = {}
@@ -102,7 +184,8 @@ class ActionsStage:
         self, incident: Incident, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
     ) -> Mapping[str, Any] | None:
         """Take one step; its result when it ran and succeeded (what ``when`` reads)."""
-        action = _Action(self, incident, step, step.target or Target(kind="unknown"))
+        target = step.target or Target(kind="unknown")
+        action = _Action(self, incident.id, incident.version, step, target)
         marked = ACTION_ID.set(action.action_id)
         try:
             return await self._take(action, step, results)
@@ -112,6 +195,8 @@ class ActionsStage:
     async def _take(
         self, action: _Action, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
     ) -> Mapping[str, Any] | None:
+        if step.mode == "approve" and await self._asked_before(action):
+            return None
         prepared = await self._admit(action, step, results)
         if isinstance(prepared, str):
             await action.emit("skipped", reason=prepared)
@@ -130,10 +215,28 @@ class ActionsStage:
         # Reads run in dry-run too: they change nothing, and later steps decide on them.
         return await self._execute(action, admitted, spec, params)
 
+    async def _asked_before(self, action: _Action) -> bool:
+        """Whether this approval was asked for already: still waiting (its event appended
+        again, for a crash between the two writes), answered, or run. Only a refused one
+        (skipped) is asked again."""
+        stored = await self.book.get_action(action.action_id)
+        if stored is None or stored.state == "skipped":
+            return False
+        if stored.state == "awaiting_approval":
+            env = action_envelope(stored, source=SOURCE, at=stored.decided_at or self.clock())
+            await self.log.append(TOPIC_ACTIONS, [env], dedup_keys=[env.id])
+        return True
+
     async def _admit(
-        self, action: _Action, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
+        self,
+        action: _Action,
+        step: PlannedStep,
+        results: Mapping[str, Mapping[str, Any]],
+        *,
+        asked: bool = False,
     ) -> str | tuple[Any, Any, Admitted]:
-        """Why the step must not run, or what to run it with (its requests now planned)."""
+        """Why the step must not run, or what to run it with (its requests now planned).
+        ``asked``: a person approved it, so the mode is not what stops it now."""
         if step.target is None:
             return step.refusal or "no target"
         try:
@@ -154,7 +257,7 @@ class ActionsStage:
         else:
             # Asking a person consumes nothing: the cooldown and the rate are taken when the
             # action runs, once approved.
-            dry = not self.live or step.mode == "approve"
+            dry = not self.live or (step.mode == "approve" and not asked)
             admitted = await self.guard.admit(
                 step, step.target, params.model_dump(), spec.risk, dry_run=dry
             )
@@ -193,28 +296,55 @@ class _Action:
     """One action of one step on one target, as its events describe it."""
 
     def __init__(
-        self, stage: ActionsStage, incident: Incident, step: PlannedStep, target: Target
+        self,
+        stage: ActionsStage,
+        incident_id: str,
+        incident_version: int,
+        step: PlannedStep,
+        target: Target,
     ) -> None:
         self.stage = stage
-        self.incident = incident
+        self.incident_id = incident_id
+        self.incident_version = incident_version
         self.step = step
         self.target = target
         self.action_id = derived_event_id(
-            incident.id.removeprefix("inc-").upper(), "action", step.step, target.key()
+            incident_id.removeprefix("inc-").upper(), "action", step.step, target.key()
         )
         self.risk: Any = "read_only"
         self.params: dict[str, Any] = dict(step.params)
         self.requests: tuple[ApiRequest, ...] = ()
         self.result: dict[str, Any] = {}
+        self.actor: str | None = None
+        """Who approved it: named on every event of the run that follows."""
+
+    @classmethod
+    def of(cls, stage: ActionsStage, data: ActionEventData) -> _Action:
+        """The action as the book holds it (an approved one, about to run)."""
+        step = PlannedStep(
+            playbook=data.playbook,
+            step=data.step,
+            action=data.action,
+            params=data.params,
+            mode=data.mode,
+            target=data.target,
+        )
+        action = cls(stage, data.incident_id, data.incident_version, step, data.target)
+        action.action_id = data.action_id
+        action.risk = data.risk
+        action.requests = data.requests
+        action.actor = data.actor
+        return action
 
     async def emit(
         self, state: ActionState, *, reason: str | None = None, expires_at: datetime | None = None
     ) -> None:
         stage = self.stage
+        at = stage.clock()
         data = ActionEventData(
             action_id=self.action_id,
-            incident_id=self.incident.id,
-            incident_version=self.incident.version,
+            incident_id=self.incident_id,
+            incident_version=self.incident_version,
             playbook=self.step.playbook,
             step=self.step.step,
             action=self.step.action,
@@ -227,16 +357,16 @@ class _Action:
             requests=self.requests,
             result=self.result,
             reason=reason,
+            actor=self.actor,
             expires_at=expires_at,
-            decided_at=stage.clock(),
+            decided_at=at,
         )
-        env = Envelope(
-            id=derived_event_id(self.action_id, state),
-            type=f"action.{state}",
-            source=SOURCE,
-            time=stage.clock(),
-            subject=self.incident.id,
-            data=data.model_dump(mode="json"),
-        )
+        env = action_envelope(data, source=SOURCE, at=at)
         await stage.log.append(TOPIC_ACTIONS, [env], dedup_keys=[env.id])
+        await stage.book.record_action(data)
         log.info("action %s %s: %s", self.step.action, state, reason or self.target.key())
+
+
+def _minutes(ttl: timedelta) -> str:
+    minutes = ttl.total_seconds() / 60
+    return f"{minutes:g} minute{'s' if minutes != 1 else ''}"

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from actions.inventory import Inventory
 from actions.playbooks import Playbooks
 from actions.stage import CONSUMER_GROUP, ActionsStage
 from eventlog import EmbeddedLog
+from runtime.relay import relay_outbox
 from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS
 from schemas.actions import ActionEventData, ApiRequest, Target
 from store import EmbeddedStore, LocalCoordinator
+from store.actions import ActionConflict, ActionQuery, Decision, DecisionRequest
 from store.effects_embedded import EmbeddedEffectsLedger
 
 NS = "origin-production"
@@ -170,7 +172,9 @@ class Actions:
     ledger: EmbeddedEffectsLedger
     coordinator: LocalCoordinator
 
-    def stage(self, cluster: Cluster, *, live: bool, lease: float = 60.0) -> ActionsStage:
+    def stage(
+        self, cluster: Cluster, *, live: bool, lease: float = 60.0, clock: Clock | None = None
+    ) -> ActionsStage:
         return ActionsStage(
             self.log,
             self.store,
@@ -181,6 +185,7 @@ class Actions:
             guard=Guard(self.coordinator, Limits(), INVENTORY),
             live=live,
             lease=lease,
+            clock=clock or Clock(),
         )
 
     async def outage(self, deployment: str = "origin-backend") -> None:
@@ -191,7 +196,10 @@ class Actions:
         await drain(new_stage(self.log, self.store), self.log.subscribe([TOPIC_ALERTS], "cls"))
 
     async def run(self, stage: ActionsStage, *, commit: bool = True) -> None:
-        sub = self.log.subscribe([TOPIC_INCIDENTS], CONSUMER_GROUP)
+        """The stage over what is on its topics, as its runtime would run it: decisions in
+        the outbox relayed first (its tick), then every record, approvals included."""
+        await relay_outbox(self.store, self.log)
+        sub = self.log.subscribe([TOPIC_INCIDENTS, TOPIC_ACTIONS], CONSUMER_GROUP)
         for _ in range(100):
             batch = await sub.fetch(500, max_wait=0.01)
             if not batch:
@@ -207,6 +215,16 @@ class Actions:
             (r.envelope.type, ActionEventData.model_validate(r.envelope.data))
             for r in await records(self.log, TOPIC_ACTIONS)
         ]
+
+
+class Clock:
+    """The stage's clock: now, plus what a test moved it on by."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
 
 
 @asynccontextmanager
@@ -310,3 +328,114 @@ async def test_a_ready_deployment_is_not_restarted(tmp_path: Path) -> None:
     [skipped] = [d for t, d in events if d.step == "restart"]
     assert skipped.state == "skipped"
     assert skipped.reason == "step state's ready is True, not False"
+
+
+# -- approvals ---------------------------------------------------------------------------------
+
+
+async def decide(a: Actions, step: str, what: Decision, actor: str = "alice") -> ActionEventData:
+    [waiting] = await a.store.list_actions(ActionQuery(state="awaiting_approval"))
+    assert waiting.step == step
+    decided, _ = await a.store.decide_action(
+        waiting.action_id,
+        DecisionRequest(what, actor, datetime.now(UTC), f"{actor} says {what}"),
+        source="/test",
+    )
+    return decided
+
+
+async def test_an_approved_action_runs_once_capped_and_names_its_approver(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True))
+        assert cluster.replicas == {}
+        await decide(a, "scale", "approved")
+        await a.run(a.stage(cluster, live=True), commit=False)
+        await a.run(a.stage(cluster, live=True))  # the approval delivered again
+        events = await a.events()
+        [stored] = await a.store.list_actions(ActionQuery(state="succeeded", limit=1))
+    assert cluster.replicas == {"origin-backend": 20}  # asked for 50; the inventory caps 20
+    scale = [(t, d) for t, d in events if d.step == "scale"]
+    assert [t for t, _ in scale] == [
+        "action.awaiting_approval",
+        "action.approved",
+        "action.started",
+        "action.succeeded",
+    ]
+    assert all(d.actor == "alice" for _, d in scale[1:])
+    assert scale[1][1].reason == "alice says approved"
+    assert stored.step == "scale"
+    assert stored.result == {"replicas": 20}
+
+
+async def test_a_denied_action_never_runs(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True))
+        await decide(a, "scale", "denied", actor="bob")
+        await a.run(a.stage(cluster, live=True))
+        await a.outage()  # the incident's alert again: nothing is asked twice
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+    assert cluster.replicas == {}
+    assert by_step(events)["scale"] == ["awaiting_approval", "denied"]
+
+
+async def test_an_unanswered_approval_expires_and_can_no_longer_be_approved(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(ready=False)
+    clock = Clock()
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        stage = a.stage(cluster, live=True, clock=clock)
+        await a.run(stage)
+        assert await stage.expire_approvals() == 0  # not yet
+        clock.ahead = timedelta(minutes=31)
+        assert await stage.expire_approvals() == 1
+        with pytest.raises(ActionConflict, match="is expired by sevpipe"):
+            await a.store.decide_action(
+                (await a.store.list_actions(ActionQuery(state="expired")))[0].action_id,
+                DecisionRequest("approved", "alice", clock()),
+                source="/test",
+            )
+        await a.run(stage)
+        events = await a.events()
+    assert cluster.replicas == {}
+    [expired] = [d for t, d in events if t == "action.expired"]
+    assert expired.reason == "nobody approved it within 30 minutes"
+    assert by_step(events)["scale"] == ["awaiting_approval", "expired"]
+
+
+async def test_an_approval_in_dry_run_runs_nothing(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=False))
+        await decide(a, "scale", "approved")
+        await a.run(a.stage(cluster, live=False))
+        events = await a.events()
+    assert cluster.replicas == {}
+    [(_, skipped)] = [(t, d) for t, d in events if d.step == "scale" and t == "action.skipped"]
+    assert skipped.reason == "dry-run: the requests above were not sent"
+    assert skipped.requests[0].body == {"replicas": 20}
+
+
+async def test_the_guard_is_asked_again_when_the_approval_comes(tmp_path: Path) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True))
+        # Someone scaled it meanwhile, by hand through sevpipe: the cooldown now runs.
+        await a.coordinator.start_cooldown(
+            "actions:kubernetes.scale:Deployment/origin-production/origin-backend", 600.0
+        )
+        await decide(a, "scale", "approved")
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+    assert cluster.replicas == {}
+    [(_, skipped)] = [(t, d) for t, d in events if d.step == "scale" and t == "action.skipped"]
+    assert skipped.reason is not None
+    assert "cooling down" in skipped.reason
