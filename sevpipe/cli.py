@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sevpipe import deadletter_cli
+from sevpipe import actions_cli, deadletter_cli
 from sevpipe.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--format", choices=("table", "json"), default="table")
 
     deadletter_cli.add_parser(sub, _add_settings_args)
+    actions_cli.add_parsers(sub)
     return parser
 
 
@@ -238,6 +239,10 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return _runner()(main())
 
 
+def _cmd_actions(args: argparse.Namespace) -> int:
+    return _runner()(actions_cli.run(args))
+
+
 def _cmd_deadletter(args: argparse.Namespace) -> int:
     return _runner()(deadletter_cli.run(_settings(args), args, sys.stdout, sys.stderr))
 
@@ -257,6 +262,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rebuild": _cmd_rebuild,
     "backtest": _cmd_backtest,
     "deadletter": _cmd_deadletter,
+    "actions": _cmd_actions,
+    "approve": _cmd_actions,
+    "deny": _cmd_actions,
 }
 
 

@@ -22,6 +22,7 @@ from eventlog import EventLog
 from ingest import Credentials, Receiver, ReceiverMetrics
 from schemas import TOPIC_ALERTS
 from sevpipe.access import Access, OperatorToken
+from sevpipe.actions_http import ActionsApi
 from sevpipe.actions_wiring import actions_runtime
 from sevpipe.backends import (
     describe,
@@ -37,6 +38,7 @@ from sevpipe.settings import Settings
 from sevpipe.slack_http import slack_routes
 from sevpipe.status_http import status_routes
 from store import Coordinator, IncidentStore
+from store.actions import ActionsBook
 from store.effects import EffectsLedger
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,11 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
                 ReceiverMetrics(registry),
                 admit=backpressure.admit if backpressure is not None else None,
             )
-            api = IncidentsApi(store, authorizer(creds, settings.operator_tokens()))
+            authorize = authorizer(creds, settings.operator_tokens())
+            api = IncidentsApi(store, authorize)
             routes += [*receiver.routes(), *api.routes()]
+            if isinstance(store, ActionsBook):
+                routes += ActionsApi(store, authorize).routes()
             routes += status_routes(store, settings.routing(), templates_dir=settings.templates_dir)
             secret = settings.slack.signing_secret_value() if settings.slack else None
             if secret:
