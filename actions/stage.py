@@ -52,6 +52,7 @@ from schemas.actions import (
     Target,
     action_envelope,
 )
+from schemas.durations import format_duration
 from schemas.events import IncidentEnvelope
 from schemas.incidents import Incident, IncidentAlert
 from store import IncidentStore
@@ -140,7 +141,7 @@ class ActionsStage:
         at = self.clock()
         expired = 0
         for action_id in await self.book.due_approvals(at):
-            why = f"nobody approved it within {_minutes(self.approval_ttl)}"
+            why = f"nobody approved it within {format_duration(self.approval_ttl)}"
             try:
                 await self.book.decide_action(
                     action_id, DecisionRequest("expired", "sevpipe", at, why), source=SOURCE
@@ -365,8 +366,3 @@ class _Action:
         await stage.log.append(TOPIC_ACTIONS, [env], dedup_keys=[env.id])
         await stage.book.record_action(data)
         log.info("action %s %s: %s", self.step.action, state, reason or self.target.key())
-
-
-def _minutes(ttl: timedelta) -> str:
-    minutes = ttl.total_seconds() / 60
-    return f"{minutes:g} minute{'s' if minutes != 1 else ''}"

@@ -31,11 +31,9 @@ def production(request: pytest.FixtureRequest) -> Any:
         yield backend
 
 
-@pytest.fixture
-async def cluster(services: Services) -> AsyncIterator[tuple[client.ApiClient, str]]:
-    assert services.kubeconfig, "scripts/test-services up provides SEVPIPE_KUBECONFIG"
-    api = await config.new_client_from_config(config_file=services.kubeconfig)
-    ns = unique_name("act").replace("_", "-").lower()[:50]
+async def origin_namespace(api: client.ApiClient, prefix: str = "act") -> str:
+    """A new namespace with a Deployment origin-backend of 2 (Pending: there is no kubelet)."""
+    ns = unique_name(prefix).replace("_", "-").lower()[:50]
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     await core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     labels = {"app": NAME}
@@ -51,10 +49,18 @@ async def cluster(services: Services) -> AsyncIterator[tuple[client.ApiClient, s
         },
     }
     await apps.create_namespaced_deployment(ns, body)  # the API takes a plain dict as well
+    return ns
+
+
+@pytest.fixture
+async def cluster(services: Services) -> AsyncIterator[tuple[client.ApiClient, str]]:
+    assert services.kubeconfig, "scripts/test-services up provides SEVPIPE_KUBECONFIG"
+    api = await config.new_client_from_config(config_file=services.kubeconfig)
+    ns = await origin_namespace(api)
     try:
         yield api, ns
     finally:
-        await core.delete_namespace(ns)
+        await client.CoreV1Api(api).delete_namespace(ns)
         await api.close()
 
 

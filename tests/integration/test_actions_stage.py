@@ -405,7 +405,7 @@ async def test_an_unanswered_approval_expires_and_can_no_longer_be_approved(
         events = await a.events()
     assert cluster.replicas == {}
     [expired] = [d for t, d in events if t == "action.expired"]
-    assert expired.reason == "nobody approved it within 30 minutes"
+    assert expired.reason == "nobody approved it within 30m"
     assert by_step(events)["scale"] == ["awaiting_approval", "expired"]
 
 
