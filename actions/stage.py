@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from actions.catalogue import ACTION_ID, Catalogue, UnknownAction
@@ -71,6 +72,17 @@ SWEEP_EVERY: Final = 5.0
 RELAY_EVERY: Final = 1.0
 
 
+class ActionsMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.events = Counter(
+            "sevpipe_actions_total",
+            "Action events, by catalogue action and state (planned, awaiting_approval, "
+            "approved, denied, expired, started, succeeded, failed, skipped)",
+            ["action", "state"],
+            registry=registry,
+        )
+
+
 class ActionsStage:
     name = "actions"
     topics = (TOPIC_INCIDENTS, TOPIC_ACTIONS)
@@ -90,6 +102,7 @@ class ActionsStage:
         lease: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         book: ActionsBook | None = None,
+        metrics: ActionsMetrics | None = None,
     ) -> None:
         self.log = eventlog
         self.store = store
@@ -98,6 +111,7 @@ class ActionsStage:
                 raise TypeError(f"{type(store).__name__} keeps no actions book: pass book=")
             book = store
         self.book = book
+        self.metrics = metrics or ActionsMetrics(CollectorRegistry())
         self.ledger = ledger
         self.catalogue = catalogue
         self.playbooks = playbooks
@@ -143,11 +157,12 @@ class ActionsStage:
         for action_id in await self.book.due_approvals(at):
             why = f"nobody approved it within {format_duration(self.approval_ttl)}"
             try:
-                await self.book.decide_action(
+                done, _ = await self.book.decide_action(
                     action_id, DecisionRequest("expired", "sevpipe", at, why), source=SOURCE
                 )
             except ActionConflict:
                 continue  # a person answered first, or another replica expired it
+            self.metrics.events.labels(done.action, "expired").inc()
             expired += 1
             log.info("action %s expired: %s", action_id, why)
         return expired
@@ -365,4 +380,5 @@ class _Action:
         env = action_envelope(data, source=SOURCE, at=at)
         await stage.log.append(TOPIC_ACTIONS, [env], dedup_keys=[env.id])
         await stage.book.record_action(data)
+        stage.metrics.events.labels(data.action, state).inc()
         log.info("action %s %s: %s", self.step.action, state, reason or self.target.key())

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from actions.catalogue import Catalogue
 from actions.guard import Guard, Limits
 from actions.kubernetes import kubernetes_catalogue
-from actions.stage import CONSUMER_GROUP, ActionsStage
+from actions.stage import CONSUMER_GROUP, ActionsMetrics, ActionsStage
 from eventlog import EventLog
 from runtime.stage import StageRuntime
 from sevpipe.http import ConsumerLagCollector
@@ -53,6 +53,7 @@ def actions_runtime(
         guard=Guard(coordinator, Limits(), inventory),
         live=settings.actions_mode == "live",
         approval_ttl=timedelta(seconds=settings.approval_ttl),
+        metrics=ActionsMetrics(registry),
     )
     group = settings.consumer_group_prefix + CONSUMER_GROUP
     runtime = StageRuntime(eventlog, stage, registry, group=group, batch_size=50)

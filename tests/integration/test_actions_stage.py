@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 from incident_support import alert_json, append_webhook, drain, new_stage, records, webhook
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from actions.catalogue import ActionSpec, Catalogue, Outcome
 from actions.guard import Guard, Limits
 from actions.inventory import Inventory
 from actions.playbooks import Playbooks
-from actions.stage import CONSUMER_GROUP, ActionsStage
+from actions.stage import CONSUMER_GROUP, ActionsMetrics, ActionsStage
 from eventlog import EmbeddedLog
 from runtime.relay import relay_outbox
 from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS
@@ -173,7 +174,13 @@ class Actions:
     coordinator: LocalCoordinator
 
     def stage(
-        self, cluster: Cluster, *, live: bool, lease: float = 60.0, clock: Clock | None = None
+        self,
+        cluster: Cluster,
+        *,
+        live: bool,
+        lease: float = 60.0,
+        clock: Clock | None = None,
+        metrics: ActionsMetrics | None = None,
     ) -> ActionsStage:
         return ActionsStage(
             self.log,
@@ -186,6 +193,7 @@ class Actions:
             live=live,
             lease=lease,
             clock=clock or Clock(),
+            metrics=metrics,
         )
 
     async def outage(self, deployment: str = "origin-backend") -> None:
@@ -351,7 +359,9 @@ async def test_an_approved_action_runs_once_capped_and_names_its_approver(tmp_pa
         await a.run(a.stage(cluster, live=True))
         assert cluster.replicas == {}
         await decide(a, "scale", "approved")
-        await a.run(a.stage(cluster, live=True), commit=False)
+        registry = CollectorRegistry()
+        metrics = ActionsMetrics(registry)
+        await a.run(a.stage(cluster, live=True, metrics=metrics), commit=False)
         await a.run(a.stage(cluster, live=True))  # the approval delivered again
         events = await a.events()
         [stored] = await a.store.list_actions(ActionQuery(state="succeeded", limit=1))
@@ -367,6 +377,8 @@ async def test_an_approved_action_runs_once_capped_and_names_its_approver(tmp_pa
     assert scale[1][1].reason == "alice says approved"
     assert stored.step == "scale"
     assert stored.result == {"replicas": 20}
+    counted = {"action": "kubernetes.scale", "state": "succeeded"}
+    assert registry.get_sample_value("sevpipe_actions_total", counted) == 1.0
 
 
 async def test_a_denied_action_never_runs(tmp_path: Path) -> None:
