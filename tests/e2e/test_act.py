@@ -6,6 +6,7 @@ kill -9 of ``sevpipe act`` and a restart change nothing more."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,19 @@ async def cluster(services: Services) -> AsyncIterator[tuple[client.ApiClient, s
         await api.close()
 
 
-def outage(ns: str) -> bytes:
-    labels = {"alertname": "OriginDown", "impact": "outage", "namespace": ns, "deployment": NAME}
+def outage(ns: str, *, deployment: str = NAME, alertname: str = "OriginDown") -> bytes:
+    """A SEV-0 outage alert of ``ns`` whose label names ``deployment``: one incident per
+    (namespace, alertname)."""
+    labels = {
+        "alertname": alertname,
+        "impact": "outage",
+        "namespace": ns,
+        "deployment": deployment,
+    }
     return one_alert_webhook(
-        f'{{}}:{{namespace="{ns}"}}',
+        f'{{}}:{{namespace="{ns}", alertname="{alertname}"}}',
         labels,
-        "0a1b2c",
+        hashlib.sha256(f"{ns}{alertname}{deployment}".encode()).hexdigest()[:16],
         summary="origin is down",
         starts_at="2026-11-29T03:00:00Z",
     )
@@ -138,7 +146,8 @@ async def test_a_sev0_outage_restarts_origin_backend_once_and_waits_for_a_person
     assert steps["restart"] == ["planned", "started", "succeeded"]
     assert steps["scale"] == ["awaiting_approval"]
     assert steps["emergency-image"] == ["skipped"]
-    assert steps["top"] == ["skipped"]  # not in the catalogue yet: said, not run
+    assert steps["top"] == ["planned", "started", "succeeded"]  # says metrics are absent
+    assert steps["history"] == ["planned", "started", "succeeded"]
 
     act.kill()  # kill -9, then a new process over the same log and ledger
     await asyncio.to_thread(start, tmp_path / "a", *args, env=env, command="act")
