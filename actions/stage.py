@@ -47,6 +47,7 @@ from runtime.relay import relay_outbox
 from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, derived_event_id
 from schemas.actions import (
     ACTION_APPROVED,
+    ACTION_DENIED,
     ActionEventData,
     ActionState,
     ApiRequest,
@@ -128,8 +129,13 @@ class ActionsStage:
     async def handle(self, records: Sequence[Record]) -> None:
         for record in records:
             if record.topic == TOPIC_ACTIONS:
-                if record.envelope.type == ACTION_APPROVED:
-                    await self.run_approved(ActionEventData.model_validate(record.envelope.data))
+                env = record.envelope
+                if env.type in (ACTION_APPROVED, ACTION_DENIED):
+                    # Decided through the API, not here: counted as this stage reads them.
+                    data = ActionEventData.model_validate(env.data)
+                    self.metrics.events.labels(data.action, data.state).inc()
+                    if env.type == ACTION_APPROVED:
+                        await self.run_approved(data)
                 continue
             env = record.decode(IncidentEnvelope)
             if env.type not in TRIGGERS:

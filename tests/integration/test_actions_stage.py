@@ -377,8 +377,9 @@ async def test_an_approved_action_runs_once_capped_and_names_its_approver(tmp_pa
     assert scale[1][1].reason == "alice says approved"
     assert stored.step == "scale"
     assert stored.result == {"replicas": 20}
-    counted = {"action": "kubernetes.scale", "state": "succeeded"}
-    assert registry.get_sample_value("sevpipe_actions_total", counted) == 1.0
+    for state in ("approved", "started", "succeeded"):
+        counted = {"action": "kubernetes.scale", "state": state}
+        assert registry.get_sample_value("sevpipe_actions_total", counted) == 1.0
 
 
 async def test_a_denied_action_never_runs(tmp_path: Path) -> None:
