@@ -40,3 +40,11 @@ def test_check_config_names_the_line_of_a_bad_playbook_and_inventory(tmp_path: P
     done = sevpipe("check-config", str(inventory))
     assert done.returncode == 2
     assert f"{inventory}:3:" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["sevpipe.example.yaml", "inventory.example.yaml"])
+def test_the_shipped_examples_check(name: str) -> None:
+    path = Path(__file__).parents[2] / "deploy" / name
+    done = sevpipe("check-config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{path}: valid ")
