@@ -8,7 +8,7 @@ In order, ``admit`` checks:
    ``replicas`` above the Deployment's ``max_replicas`` is CAPPED to it (not refused; the
    admission's ``notes`` say so, for the action's events); ``min_replicas``/``max_replicas``
    are kept within the Deployment's HPA bounds the same way; ``image`` must be the
-   Deployment's ``emergency_image`` (an absent ``image`` is filled with it; no
+   Deployment's ``emergency_image`` (an absent or null ``image`` is filled with it; no
    ``emergency_image``: refused); ``key`` on a ConfigMap must be one of its patchable keys;
 3. the cooldown per (action, target) (default 10 min for mutating and destructive actions,
    none for reads);
@@ -258,7 +258,8 @@ def _deployment_caps(
     if args.get("min_replicas", bounds.min) > args.get("max_replicas", bounds.max):
         return Refused("min_replicas is above max_replicas")
     emergency = deployment.emergency_image
-    if action == SET_IMAGE and "image" not in args and emergency is not None:
+    if action == SET_IMAGE and args.get("image") is None and emergency is not None:
+        # Absent, or None as a params model dumps a param not given.
         args["image"] = emergency
         notes.append(f"image is the inventory's emergency image {emergency}")
     if action == SET_IMAGE and emergency is None:

@@ -14,9 +14,13 @@ Mutations (each ``plan`` is the exact request ``execute`` sends; ``check`` finds
 - ``kubernetes.scale`` (Deployment, ``replicas``): a PATCH of the scale subresource.
 - ``kubernetes.emergency_hpa`` and ``kubernetes.patch_configmap``: see
   :mod:`actions.kubernetes_capacity`.
+- ``kubernetes.set_image`` (destructive; the inventory's emergency image): see
+  :mod:`actions.kubernetes_image`.
 
 Reads (``kubernetes.get_state``, ``kubernetes.rollout_status``) and the error mapping are in
-:mod:`actions.kubernetes_reads`.
+:mod:`actions.kubernetes_reads`; ``kubernetes.top`` (metrics.k8s.io, said so when absent) and
+``kubernetes.rollout_history`` in :mod:`actions.kubernetes_observe`; ``kubernetes.pod_logs``
+(matching lines of a pod group's logs) in :mod:`actions.kubernetes_logs`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from actions.catalogue import ACTION_ID, ActionSpec, Catalogue, Outcome
 from actions.kubernetes_capacity import Capacity, ConfigMapKey, HpaBounds
+from actions.kubernetes_image import ImageParams, SetImage
+from actions.kubernetes_logs import LogParams, PodLogs
+from actions.kubernetes_observe import HistoryParams, Observe, TopParams
 from actions.kubernetes_reads import (
     REQUEST_TIMEOUT,
     ApiClientFactory,
@@ -280,6 +287,57 @@ def kubernetes_catalogue(
             execute=capacity.patch_configmap,
             check=capacity.configmap_patched,
             description="set one key of a ConfigMap's data",
+        )
+    )
+    observe = Observe(api_client_factory)
+    cat.register(
+        ActionSpec(
+            name="kubernetes.top",
+            params=TopParams,
+            risk="read_only",
+            target_kind="Namespace",
+            plan=observe.plan_top,
+            execute=observe.top,
+            check=no_check,
+            description="Pods' and Nodes' CPU and memory (metrics.k8s.io), or that it is absent",
+        )
+    )
+    cat.register(
+        ActionSpec(
+            name="kubernetes.rollout_history",
+            params=HistoryParams,
+            risk="read_only",
+            target_kind="Deployment",
+            plan=observe.plan_history,
+            execute=observe.history,
+            check=no_check,
+            description="a Deployment's revisions (its ReplicaSets), newest first",
+        )
+    )
+    image = SetImage(api_client_factory)
+    cat.register(
+        ActionSpec(
+            name="kubernetes.set_image",
+            params=ImageParams,
+            risk="destructive",
+            target_kind="Deployment",
+            plan=image.plan,
+            execute=image.set_image,
+            check=image.image_set,
+            description="set a container's image in a Deployment's pod template",
+        )
+    )
+    logs = PodLogs(api_client_factory)
+    cat.register(
+        ActionSpec(
+            name="kubernetes.pod_logs",
+            params=LogParams,
+            risk="read_only",
+            target_kind="Pods",
+            plan=logs.plan,
+            execute=logs.pod_logs,
+            check=no_check,
+            description="the lines of a pod group's logs matching a pattern (auth|login|token)",
         )
     )
     return cat
