@@ -9,6 +9,11 @@ over the whole outcome, so that the action's events stay far below ``MAX_EVENT_B
 (``lines_dropped`` says how many matching lines are not shown). ``plan`` lists the Pods: the
 listing and one log read per container, in the order ``execute`` sends them.
 
+Kept lines are redacted before they leave: the values of bearer/basic credentials, of
+``token=``, ``password:``, ``secret``, ``api_key``, ``cookie`` and the like, and anything
+shaped like a JWT become ``[redacted]``. These are the lines most likely to hold a secret, and
+the action's events are read by people and kept in the log.
+
 A log that cannot be read does not fail the action: its entry says ``available: false`` and
 why, in the apiserver's words where it gave some (a Pod on no node yet: 204 No Content; a
 container not started: 400 "is waiting to start"; RBAC: 403), with ``retriable`` for a
@@ -77,8 +82,24 @@ class Filtered:
     read: int
 
 
+_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+")
+_KEYED = re.compile(
+    r"(?i)\b([\w.-]*(?:token|passw(?:or)?d|secret|api[_-]?key|session|cookie|authorization)"
+    r"[\w.-]*)([\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic)\s)([^\s\"',;&}]+)"
+)
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+REDACTED: Final = "[redacted]"
+
+
+def redact(line: str) -> str:
+    """LINE with the credentials it seems to hold replaced by ``[redacted]``. Pure."""
+    line = _JWT.sub(REDACTED, line)
+    line = _SCHEME.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", line)
+    return _KEYED.sub(lambda m: f"{m[1]}{m[2]}{REDACTED}", line)
+
+
 def filter_lines(text: str, pattern: str, max_lines: int) -> Filtered:
-    """The lines of TEXT that PATTERN matches anywhere, case-insensitively. Pure."""
+    """The lines of TEXT that PATTERN matches anywhere, case-insensitively, redacted. Pure."""
     regex = re.compile(pattern, re.IGNORECASE)
     kept: deque[str] = deque(maxlen=max_lines)
     matched = read = 0
@@ -90,6 +111,7 @@ def filter_lines(text: str, pattern: str, max_lines: int) -> Filtered:
         read += 1
         if regex.search(line):
             matched += 1
+            line = redact(line)
             kept.append(line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…")
     return Filtered(list(kept), matched, read)
 

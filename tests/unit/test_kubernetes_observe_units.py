@@ -23,6 +23,7 @@ from actions.kubernetes_logs import (
     Filtered,
     LogParams,
     filter_lines,
+    redact,
     within,
 )
 from actions.kubernetes_observe import (
@@ -314,3 +315,32 @@ async def test_set_image_gets_the_emergency_image_through_the_guard_as_the_stage
     none = await guard.admit(step, frontend, dumped, "destructive", dry_run=True)
     assert not isinstance(none, Admitted)
     assert none.reason.endswith("the inventory allows it no emergency image")
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        (
+            "GET /login Authorization: Bearer abc.DEF-123 ok",
+            "GET /login Authorization: Bearer [redacted] ok",
+        ),
+        (
+            "auth failed for user=bob password=hunter2 from 10.0.0.1",
+            "auth failed for user=bob password=[redacted] from 10.0.0.1",
+        ),
+        (
+            '{"msg": "token refreshed", "access_token": "s3cr3t", "user": "bob"}',
+            '{"msg": "token refreshed", "access_token": "[redacted]", "user": "bob"}',
+        ),
+        ("session_id=abcdef; login ok", "session_id=[redacted]; login ok"),
+        (
+            "login with eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl accepted",
+            "login with [redacted] accepted",
+        ),
+        ("login failed: bad credentials", "login failed: bad credentials"),
+        ("X-Api-Key: k-123 auth", "X-Api-Key: [redacted] auth"),
+    ],
+)
+def test_kept_lines_are_redacted(line: str, shown: str) -> None:
+    assert redact(line) == shown
+    assert filter_lines(line + "\n", DEFAULT_PATTERN, 10).lines == [shown]
