@@ -36,7 +36,11 @@ MessageKind = Literal[
     "unacknowledged",
     "acknowledged",
     "commander",
+    "approval",
+    "action",
 ]
+"""Incident news, and remediation news (``approval``: an action waits for a person;
+``action``: what became of one people must know about), the latter for chat routes only."""
 
 Outcome = Mapping[str, Any]
 """What a channel did, as JSON: ids the server gave (Slack channel and ts, the Statuspage
@@ -49,6 +53,9 @@ class Links:
     incident: str = ""
     """The incident in sevpipe's API or UI ("" when no public base URL is configured)."""
     runbook: str = ""
+    action: str = ""
+    """The remediation action a message is about, in sevpipe's API ("" when none, or no
+    public base URL is configured); answered at ``{action}/approve`` and ``{action}/deny``."""
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,10 @@ ROUTES: Final[dict[str, Route]] = {
 }
 
 
+CHAT_ROUTES: Final = frozenset({"outbox", "incident_channel", "team_channel"})
+"""The responders' own channels: where who acknowledged, who commands, and remediation news
+(an approval waiting, an action's outcome) are said."""
+
 DEFAULT_ROUTES: Final[dict[Severity, tuple[RouteName, ...]]] = {
     "SEV-0": ("incident_channel", "team_email", "leadership_email", "org_email", "status_page"),
     "SEV-1": ("incident_channel", "leadership_email", "status_page"),

@@ -64,10 +64,15 @@ def channel_name(incident: Incident) -> str:
     return f"{prefix}-{rest}" if rest else prefix
 
 
+REMEDIATION_KINDS: Final = frozenset({"approval", "action"})
+"""Cards about a remediation action: titled by what waits or happened, not the incident."""
+
+
 def header_text(message: Message) -> str:
     """The card's one-line title, unescaped. A public message has no alert text, so its
-    title is the stage's public subject rather than the incident's (alert-made) title."""
-    if message.public:
+    title is the stage's public subject rather than the incident's (alert-made) title; a
+    card about an action says what waits or happened, which is its subject too."""
+    if message.public or message.kind in REMEDIATION_KINDS:
         return message.subject
     return f"{message.incident.severity}: {message.incident.title}"
 
@@ -115,9 +120,14 @@ def card(message: Message, *, buttons: bool = False) -> list[Block]:
                 },
             }
         )
+    given = message.links
     links = [
         link(url, label)
-        for url, label in ((message.links.incident, "Incident"), (message.links.runbook, "Runbook"))
+        for url, label in (
+            (given.incident, "Incident"),
+            (given.action, "Action"),
+            (given.runbook, "Runbook"),
+        )
         if url
     ]
     if links:
@@ -126,7 +136,8 @@ def card(message: Message, *, buttons: bool = False) -> list[Block]:
     blocks.append(
         _context(f"*{escape(message.kind)}* · {incident.severity} · {escape(incident.id)}")
     )
-    if buttons and not message.public and incident.status == "open":
+    people = not message.public and message.kind not in REMEDIATION_KINDS
+    if buttons and people and incident.status == "open":
         blocks.append({"type": "actions", "elements": _buttons(incident.id)})
     return blocks
 

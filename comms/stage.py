@@ -1,5 +1,7 @@
 """The comms stage: incident events in, messages out through the effects ledger, and a
-``notification.*`` event for each on ``sevpipe.notifications``.
+``notification.*`` event for each on ``sevpipe.notifications``. Remediation news (an action
+waiting for approval, and what became of one) comes from ``sevpipe.actions``: see
+``comms.actions_news``.
 
 What is said and to whom is decided here (routing, templates, cadence); channels only say
 it. Every message has a deterministic effect id (the triggering event, the route, the kind;
@@ -8,7 +10,8 @@ for cadence updates the incident, the route and the slot number), and is sent by
 crash interrupted is checked for before it is sent again.
 
 Threads: an incident's first message on a threaded route is its root (the Slack channel's
-first post, the Statuspage incident); later ones follow it. Once the first is sent, a pointer
+first post, the Statuspage incident); later ones follow it. Remediation news follows it too
+but never becomes it (``deliver(root=False)``). Once the first is sent, a pointer
 keyed by (incident, route) records its outcome: an effect of its own, so it is set once.
 
 Cadence: while an incident of the cadence's severities is open, update ``n`` on a route is due
@@ -26,12 +29,14 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter
 
+from comms.actions_news import ActionNews
 from comms.channel import Channel, Links, Message, MessageKind, Outcome
 from comms.render import Context, Renderer
-from comms.routing import ROUTES, Route, Routing
+from comms.routing import CHAT_ROUTES, ROUTES, Route, Routing
 from eventlog import EventLog, Record
 from runtime.effects import EffectResult, default_holder, perform
-from schemas import TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS, Envelope, derived_event_id
+from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS, Envelope, derived_event_id
+from schemas.actions import ActionEventData
 from schemas.events import IncidentEnvelope
 from schemas.incidents import Incident
 from schemas.notifications import (
@@ -58,8 +63,7 @@ KINDS: Final[dict[str, MessageKind]] = {
 """Incident events that are news to people; ``incident.updated`` (alerts coming and going
 inside an open incident) is told by the cadence, so a storm is never a message per alert."""
 PEOPLE_KINDS: Final = frozenset({"acknowledged", "commander"})
-CHAT_ROUTES: Final = frozenset({"outbox", "incident_channel", "team_channel"})
-"""Where who acknowledged and who commands is said: the responders' own channels."""
+"""Said on ``CHAT_ROUTES`` only: the responders' own channels."""
 
 
 class CommsMetrics:
@@ -75,7 +79,7 @@ class CommsMetrics:
 
 class CommsStage:
     name = "comms"
-    topics = (TOPIC_INCIDENTS,)
+    topics = (TOPIC_INCIDENTS, TOPIC_ACTIONS)
 
     def __init__(
         self,
@@ -107,11 +111,15 @@ class CommsStage:
         self.holder = default_holder()
         self._next_cadence: datetime | None = None
         self._slots_done: dict[tuple[str, str], int] = {}
+        self.action_news = ActionNews(self)
 
     # -- incident events ---------------------------------------------------------------------
 
     async def handle(self, records: Sequence[Record]) -> None:
         for record in records:
+            if record.topic == TOPIC_ACTIONS:
+                await self.action_news.handle(record)
+                continue
             env = record.decode(IncidentEnvelope)
             kind = KINDS.get(env.type)
             if kind is None:
@@ -152,7 +160,7 @@ class CommsStage:
             source="decided",
         )
         self.metrics.notifications.labels("none", "none", "suppressed").inc()
-        await self._publish(NOTIFICATION_SUPPRESSED, effect_id, data)
+        await self.publish(NOTIFICATION_SUPPRESSED, effect_id, data)
 
     # -- cadence -----------------------------------------------------------------------------
 
@@ -231,10 +239,13 @@ class CommsStage:
         update_number: int = 0,
         next_update: timedelta | None = None,
         waited: timedelta | None = None,
+        action: ActionEventData | None = None,
     ) -> Message:
+        api = f"{self.public_url}/api/v1" if self.public_url else ""
         links = Links(
-            incident=f"{self.public_url}/api/v1/incidents/{incident.id}" if self.public_url else "",
+            incident=f"{api}/incidents/{incident.id}" if api else "",
             runbook=self.routing.runbook_url,
+            action=f"{api}/actions/{action.action_id}" if api and action else "",
         )
         components = self.routing.components_of(incident.key)
         ctx = Context(
@@ -247,6 +258,8 @@ class CommsStage:
             update_number=update_number,
             next_update=next_update,
             waited=waited,
+            action=action,
+            now=self.clock(),
         )
         text = self.renderer.render(ctx, public=route.public)
         return Message(
@@ -267,10 +280,12 @@ class CommsStage:
     def channel_for(self, route: Route) -> Channel:
         return self.channels.get(route.channel) or self.channels["console"]
 
-    async def deliver(self, message: Message, route: Route) -> EffectResult:
-        """Send ``message`` once (see the module doc) and publish what became of it."""
+    async def deliver(self, message: Message, route: Route, *, root: bool = True) -> EffectResult:
+        """Send ``message`` once (see the module doc) and publish what became of it.
+        ``root``: whether it may be the incident's first on a threaded route (the one later
+        messages follow); if not and none was sent yet, it goes out on its own."""
         channel = self.channel_for(route)
-        result = await self._send(channel, message, route)
+        result = await self._send(channel, message, route, may_root=root)
         failed = result.status == "failed"
         data = NotificationEventData(
             incident_id=message.incident.id,
@@ -288,19 +303,21 @@ class CommsStage:
             source=result.source,
         )
         self.metrics.notifications.labels(route.name, channel.name, result.status).inc()
-        await self._publish(
+        await self.publish(
             NOTIFICATION_FAILED if failed else NOTIFICATION_SENT, message.effect_id, data
         )
         return result
 
-    async def _send(self, channel: Channel, message: Message, route: Route) -> EffectResult:
+    async def _send(
+        self, channel: Channel, message: Message, route: Route, *, may_root: bool
+    ) -> EffectResult:
         if not route.threaded:
             return await self._perform(message.effect_id, channel, message, None)
         root_id = derived_event_id(_ulid(message.incident.id), "root", route.name)
         root = await self.ledger.get(root_id)
         thread = root.outcome if root is not None and root.state == "succeeded" else None
         result = await self._perform(message.effect_id, channel, message, thread)
-        if thread is None and result.status == "succeeded":
+        if may_root and thread is None and result.status == "succeeded":
             # This message is the incident's first on the route: later ones follow it. Done
             # again on redelivery if a crash came between (the redelivered batch comes first).
             async def point(token: int) -> Outcome:
@@ -328,7 +345,7 @@ class CommsStage:
             self.ledger, effect_id, holder=self.holder, lease=self.lease, do=do, check=check
         )
 
-    async def _publish(self, type_: str, effect_id: str, data: NotificationEventData) -> None:
+    async def publish(self, type_: str, effect_id: str, data: NotificationEventData) -> None:
         env = Envelope(
             id=derived_event_id(effect_id, type_),
             type=type_,
@@ -351,4 +368,4 @@ def _reason(outcome: Mapping[str, object]) -> str:
     return error.split(":", 1)[0].strip() or "failed"
 
 
-__all__ = ["CONSUMER_GROUP", "ROUTES", "CommsMetrics", "CommsStage"]
+__all__ = ["CHAT_ROUTES", "CONSUMER_GROUP", "ROUTES", "CommsMetrics", "CommsStage"]
