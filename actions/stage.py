@@ -208,6 +208,15 @@ class ActionsStage:
         """Take one step; its result when it ran and succeeded (what ``when`` reads)."""
         target = step.target or Target(kind="unknown")
         action = _Action(self, incident.id, incident.version, step, target)
+        stored = await self.book.get_action(action.action_id)
+        if (
+            stored is not None
+            and stored.state in ("succeeded", "failed")
+            and stored.incident_version != incident.version
+        ):
+            # Done for an earlier version of the incident (it escalated since): the ledger
+            # holds its outcome, and telling it again would read as a second run.
+            return stored.result if stored.state == "succeeded" else None
         marked = ACTION_ID.set(action.action_id)
         try:
             return await self._take(action, step, results)

@@ -111,10 +111,12 @@ DECIDED_STATES: Final = frozenset({"approved", "denied", "expired"})
 
 
 def action_envelope(data: ActionEventData, *, source: str, at: datetime) -> Envelope:
-    """The ``action.<state>`` event of ``data``. Its id derives from the action and state, so
-    a re-decided or re-relayed event is the same event to the log's dedup and downstream."""
+    """The ``action.<state>`` event of ``data``. Its id derives from the action, the state and
+    the incident version that asked for it, so a re-decided or re-relayed event is the same
+    event to the log's dedup and downstream, while the same state reached again for a later
+    version (a step skipped, then asked again when the incident escalates) is a new event."""
     return Envelope(
-        id=derived_event_id(data.action_id, data.state),
+        id=derived_event_id(data.action_id, data.state, str(data.incident_version)),
         type=f"action.{data.state}",
         source=source,
         time=at,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from incident_support import alert_json, append_webhook, drain, new_stage, records, webhook
+from incident_support import T0, alert_json, append_webhook, drain, new_stage, records, webhook
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
@@ -196,10 +196,18 @@ class Actions:
             metrics=metrics,
         )
 
-    async def outage(self, deployment: str = "origin-backend") -> None:
-        body = webhook(
-            GK, alert_json("o1", impact="outage", service="origin", deployment=deployment)
+    async def outage(
+        self, deployment: str = "origin-backend", status: str = "firing", minutes: int = 0
+    ) -> None:
+        alert = alert_json(
+            "o1",
+            status,
+            starts=T0 + timedelta(minutes=minutes),
+            impact="outage",
+            service="origin",
+            deployment=deployment,
         )
+        body = webhook(GK, alert)
         await append_webhook(self.log, body)
         await drain(new_stage(self.log, self.store), self.log.subscribe([TOPIC_ALERTS], "cls"))
 
@@ -452,3 +460,40 @@ async def test_the_guard_is_asked_again_when_the_approval_comes(tmp_path: Path) 
     [(_, skipped)] = [(t, d) for t, d in events if d.step == "scale" and t == "action.skipped"]
     assert skipped.reason is not None
     assert "cooling down" in skipped.reason
+
+
+async def test_a_reopened_incident_asks_again_what_was_refused_and_reruns_nothing_done(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(ready=False)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True))
+        await a.coordinator.start_cooldown(
+            "actions:kubernetes.scale:Deployment/origin-production/origin-backend", 600.0
+        )
+        await decide(a, "scale", "approved")
+        await a.run(a.stage(cluster, live=True))  # approved, then refused: cooling down
+        a.coordinator = LocalCoordinator()  # ten minutes later: no cooldown runs
+        await a.outage(status="resolved")
+        await a.outage(minutes=20)  # fires again: incident.reopened, a later version
+        await a.run(a.stage(cluster, live=True))
+        asked_again = [d for t, d in await a.events() if t == "action.awaiting_approval"]
+        assert len(asked_again) == 2
+        assert asked_again[1].incident_version > asked_again[0].incident_version
+        await decide(a, "scale", "approved", actor="ada")
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+    assert cluster.restarts == {"origin-backend": 1}
+    assert cluster.replicas == {"origin-backend": 20}
+    steps = by_step(events)
+    assert steps["restart"] == ["planned", "started", "succeeded"]  # not told twice
+    assert steps["scale"] == [
+        "awaiting_approval",
+        "approved",
+        "skipped",
+        "awaiting_approval",
+        "approved",
+        "started",
+        "succeeded",
+    ]
