@@ -31,7 +31,10 @@ class NotificationEventData(BaseModel):
     incident_version: int
     severity: str
     effect_id: str = Field(description="the effects-ledger key the message was sent under")
-    kind: str = Field(description="opened, escalated, update, resolved, unacknowledged, ...")
+    kind: str = Field(
+        description="opened, escalated, reopened, resolved, update, unacknowledged, "
+        "acknowledged, commander, approval (an action awaits one), action (an action's outcome)"
+    )
     route: str = Field(description="the routing entry, e.g. incident_channel, leadership_email")
     channel: str = Field(description="console, slack, email, statuspage, ...")
     audience: str
