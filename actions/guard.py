@@ -185,6 +185,14 @@ class Guard:
                 return token
         return None
 
+    async def hold(self, action_id: str, ttl: float) -> LockToken | None:
+        """The one worker of an action id, for ``ttl`` at most, or None while another is
+        (the same event handled twice at once: partitions moving between replicas)."""
+        return await self._coord.acquire_lock(f"actions:id:{action_id}", ttl)
+
+    async def let_go(self, token: LockToken) -> None:
+        await self._coord.release_lock(token)
+
     async def release(self, admitted: Admitted) -> None:
         """The action is done: free its concurrency slot and its (action, target) lock."""
         for token in admitted.locks:

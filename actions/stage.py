@@ -28,9 +28,10 @@ redelivered trigger catches it up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -71,6 +72,12 @@ MAX_ALERTS: Final = 500
 SWEEP_EVERY: Final = 5.0
 """Seconds between looks for approvals that ran out: an expiry is at most this late."""
 RELAY_EVERY: Final = 1.0
+
+
+class ActionBusy(Exception):
+    """Another worker has this action in hand now; retried later."""
+
+    retriable = True
 
 
 class ActionsMetrics:
@@ -180,8 +187,7 @@ class ActionsStage:
             return  # run before (its outcome recorded after its event): nothing left to do
         action = _Action.of(self, stored)
         step = action.step
-        marked = ACTION_ID.set(action.action_id)
-        try:
+        async with self._held(action):
             prepared = await self._admit(action, step, {}, asked=True)
             if isinstance(prepared, str):
                 await action.emit("skipped", reason=prepared)
@@ -192,8 +198,23 @@ class ActionsStage:
                 await action.emit("skipped", reason="dry-run: the requests above were not sent")
                 return
             await self._execute(action, admitted, spec, params)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, action: _Action) -> AsyncIterator[None]:
+        """This worker alone on the action, its id set for the catalogue (ACTION_ID). When
+        another worker has it (the same event handled by two replicas at once, as partitions
+        move mid-batch), the batch is retried later rather than the action reported skipped
+        or run beside the other: by then the other has finished (its outcome is found) or
+        died (its lock and lease run out, and the action's check decides)."""
+        token = await self.guard.hold(action.action_id, self.lease)
+        if token is None:
+            raise ActionBusy(f"action {action.action_id} is being handled by another worker")
+        marked = ACTION_ID.set(action.action_id)
+        try:
+            yield
         finally:
             ACTION_ID.reset(marked)
+            await self.guard.let_go(token)
 
     async def run_playbook(self, incident: Incident, alerts: Sequence[IncidentAlert]) -> None:
         results: dict[str, Mapping[str, Any]] = {}
@@ -217,11 +238,8 @@ class ActionsStage:
             # Done for an earlier version of the incident (it escalated since): the ledger
             # holds its outcome, and telling it again would read as a second run.
             return stored.result if stored.state == "succeeded" else None
-        marked = ACTION_ID.set(action.action_id)
-        try:
+        async with self._held(action):
             return await self._take(action, step, results)
-        finally:
-            ACTION_ID.reset(marked)
 
     async def _take(
         self, action: _Action, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]

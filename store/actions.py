@@ -28,6 +28,9 @@ _IN_HAND: Final = frozenset({"approved", "denied", "expired", "started"})
 person's answer, or a run under way."""
 
 
+_RAN: Final = frozenset({"started", "succeeded", "failed"})
+
+
 class ActionNotFound(StoreError):
     """No action has this id."""
 
@@ -56,10 +59,17 @@ class ActionQuery:
 
 
 def recordable(stored: ActionState | None, new: ActionState) -> bool:
-    """Whether the stage's ``new`` state replaces the ``stored`` one. An outcome (succeeded,
-    failed, skipped) always does, and a new attempt replaces an old outcome; a re-plan never
-    undoes an answer or a run in progress."""
-    return stored is None or not (new in ("planned", "awaiting_approval") and stored in _IN_HAND)
+    """Whether the stage's ``new`` state replaces the ``stored`` one. A run's outcome always
+    does, and a new attempt replaces an old refusal; a re-plan never undoes an answer or a run
+    in progress, and a refusal never hides a run (the same event handled by two workers at
+    once: one runs it, the other finds it locked)."""
+    if stored is None:
+        return True
+    if new in ("planned", "awaiting_approval"):
+        return stored not in _IN_HAND
+    if new == "skipped":
+        return stored not in _RAN
+    return True
 
 
 def decide(current: ActionEventData, request: DecisionRequest) -> ActionEventData | None:

@@ -193,3 +193,16 @@ async def test_expiry(book: Any) -> None:
 async def test_deciding_an_unknown_action_says_so(book: Any) -> None:
     with pytest.raises(ActionNotFound, match="no action nope"):
         await book.decide_action("nope", DecisionRequest("approved", "a", T0), source="/x")
+
+
+async def test_a_refusal_never_hides_a_run(book: Any) -> None:
+    inc = incident_id()
+    await book.record_action(action(inc, "restart", "started", mode="auto"))
+    kept = await book.record_action(action(inc, "restart", "skipped", mode="auto"))
+    assert kept.state == "started"
+    await book.record_action(action(inc, "restart", "succeeded", mode="auto"))
+    kept = await book.record_action(action(inc, "restart", "skipped", mode="auto"))
+    assert kept.state == "succeeded"
+    # A refusal does replace an earlier refusal or an approval the guard then refused.
+    await book.record_action(action(inc, "scale", "approved"))
+    assert (await book.record_action(action(inc, "scale", "skipped"))).state == "skipped"

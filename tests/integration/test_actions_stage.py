@@ -21,7 +21,7 @@ from actions.catalogue import ActionSpec, Catalogue, Outcome
 from actions.guard import Guard, Limits
 from actions.inventory import Inventory
 from actions.playbooks import Playbooks
-from actions.stage import CONSUMER_GROUP, ActionsMetrics, ActionsStage
+from actions.stage import CONSUMER_GROUP, ActionBusy, ActionsMetrics, ActionsStage
 from eventlog import EmbeddedLog
 from runtime.relay import relay_outbox
 from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS
@@ -55,6 +55,10 @@ class Cluster:
     restarts: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     crash_after_restart: bool = False
+    planning: asyncio.Event | None = None
+    """When set, planning a restart waits for it: a worker caught between the guard's
+    admission and the effects ledger's claim."""
+    planned: asyncio.Event = field(default_factory=asyncio.Event)
 
     def catalogue(self) -> Catalogue:
         cat = Catalogue()
@@ -69,6 +73,9 @@ class Cluster:
             return None
 
         async def plan_restart(target: Target, params: Any) -> tuple[ApiRequest, ...]:
+            self.planned.set()
+            if self.planning is not None:
+                await self.planning.wait()
             path = f"/apis/apps/v1/namespaces/{target.namespace}/deployments/{target.name}"
             return (ApiRequest(method="PATCH", path=path, body={"restartedAt": "now"}),)
 
@@ -497,3 +504,27 @@ async def test_a_reopened_incident_asks_again_what_was_refused_and_reruns_nothin
         "started",
         "succeeded",
     ]
+
+
+async def test_the_same_event_handled_by_two_workers_at_once_runs_once_and_says_so_once(
+    tmp_path: Path,
+) -> None:
+    """Partitions moving mid-batch: the old owner still works on an incident the new owner
+    has just read again. The second finds the action held and retries later; it neither
+    runs it beside the first nor reports it skipped ("already running", "cooling down")."""
+    gate = asyncio.Event()
+    cluster = Cluster(ready=False, planning=gate)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await relay_outbox(a.store, a.log)
+        [record] = await records(a.log, TOPIC_INCIDENTS)
+        first = asyncio.create_task(a.stage(cluster, live=True).handle([record]))
+        await cluster.planned.wait()  # admitted by the guard, not yet claimed in the ledger
+        with pytest.raises(ActionBusy):
+            await a.stage(cluster, live=True).handle([record])
+        gate.set()
+        await first
+        await a.stage(cluster, live=True).handle([record])  # the retry, once the first is done
+        events = await a.events()
+    assert cluster.restarts == {"origin-backend": 1}
+    assert by_step(events)["restart"] == ["planned", "started", "succeeded"]
