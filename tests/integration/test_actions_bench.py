@@ -1,5 +1,5 @@
-"""bench/actions.py's storm on the embedded backends, small: the guard's limits hold and the
-bench's own accounting still works (so the benchmark cannot rot unnoticed)."""
+"""bench.actions' storm (bench/actions/storm.py) on the embedded backends, small: the guard's
+limits hold and the bench's own accounting still works (so the benchmark cannot rot unnoticed)."""
 
 from __future__ import annotations
 
