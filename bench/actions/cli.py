@@ -59,7 +59,9 @@ async def run_all(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=bench.actions.__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m bench.actions",
+        description=bench.actions.__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     p.add_argument(
         "--backend", choices=("both", "embedded", "production"), default="both", help="(both)"
