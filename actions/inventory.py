@@ -20,7 +20,9 @@ a label naming anything outside the inventory is a ``Refusal`` that says so.
           origin-backend: {app: origin-backend}         # pod groups (for logs): name -> selector
 
 Targets by kind: ``Namespace`` (namespace set, name empty), ``Deployment`` and ``ConfigMap``
-(namespace and name), ``Pods`` (namespace and the group's selector, name empty).
+(namespace and name), ``Pods`` (namespace and the group's selector, name empty). The sections
+beyond Kubernetes (``aws``, ``databases``, ``redis``, ``probes``, ``prometheus``) are in
+:mod:`actions.inventory_services`; their targets have a name and no namespace.
 """
 
 from __future__ import annotations
@@ -39,11 +41,18 @@ from pydantic import (
     model_validator,
 )
 
+from actions.inventory_services import (
+    SERVICE_KINDS,
+    SERVICE_MODELS,
+    ServiceKind,
+    ServicesInventory,
+)
 from schemas.actions import Target
 from schemas.yamlfile import ConfigFileError, LocatedError, YamlDocument, describe
 
-Kind = Literal["Namespace", "Deployment", "ConfigMap", "Pods"]
-KINDS: Final[tuple[Kind, ...]] = ("Namespace", "Deployment", "ConfigMap", "Pods")
+KubernetesKind = Literal["Namespace", "Deployment", "ConfigMap", "Pods"]
+Kind = KubernetesKind | ServiceKind
+KINDS: Final[tuple[str, ...]] = ("Namespace", "Deployment", "ConfigMap", "Pods", *SERVICE_KINDS)
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
@@ -114,7 +123,7 @@ class NamespaceEntry(_Model):
         return self
 
 
-class Inventory(_Model):
+class Inventory(ServicesInventory):
     default_namespace: Name | None = Field(
         None, description="where steps that name no namespace act; default: the only one"
     )
@@ -142,29 +151,20 @@ class Inventory(_Model):
     ) -> Target | Refusal:
         """The inventory's target of ``kind`` named ``name`` (or, for Pods, with ``selector``
         or the group ``name``) in ``namespace``, or why there is none."""
+        if (section := self.section(kind)) is not None:
+            return _service(section, kind, name)
         ns = self.namespaces.get(namespace)
         if ns is None:
             return Refusal(f"namespace {namespace} is not in the inventory")
-        if kind == "Namespace":
-            return Target(kind="Namespace", namespace=namespace)
-        if kind == "Pods":
-            return _pods(ns, namespace, name, selector)
-        entries: Mapping[str, object]
-        if kind == "Deployment":
-            entries = ns.deployments
-        elif kind == "ConfigMap":
-            entries = ns.configmaps
-        else:
-            return Refusal(f"kind {kind} is not one the inventory holds ({', '.join(KINDS)})")
-        if not name or name not in entries:
-            return Refusal(f"{kind} {namespace}/{name or '(no name)'} is not in the inventory")
-        return Target(kind=kind, namespace=namespace, name=name)
+        return _namespaced(ns, kind, namespace, name, selector)
 
     def resolve(self, ref: TargetRef, labels: Mapping[str, str]) -> Target | Refusal:
         """A step's target for an alert with ``labels``: a label may choose among inventory
         entries, never name a new one."""
-        if ref.namespace_from_label and labels.get(ref.namespace_from_label):
-            namespace: str | None = labels[ref.namespace_from_label]
+        if ref.kind in SERVICE_KINDS:
+            namespace: str | None = ""
+        elif ref.namespace_from_label and labels.get(ref.namespace_from_label):
+            namespace = labels[ref.namespace_from_label]
         else:
             namespace = ref.namespace or self.home_namespace()
         if namespace is None:
@@ -190,6 +190,35 @@ class Inventory(_Model):
         """True when ``target`` is exactly one the inventory resolves to."""
         found = self.target(target.kind, target.namespace, target.name or None, target.selector)
         return found == target
+
+
+def _namespaced(
+    ns: NamespaceEntry,
+    kind: str,
+    namespace: str,
+    name: str | None,
+    selector: Mapping[str, str] | None,
+) -> Target | Refusal:
+    if kind == "Namespace":
+        return Target(kind="Namespace", namespace=namespace)
+    if kind == "Pods":
+        return _pods(ns, namespace, name, selector)
+    by_kind: dict[str, Mapping[str, object]] = {
+        "Deployment": ns.deployments,
+        "ConfigMap": ns.configmaps,
+    }
+    entries = by_kind.get(kind)
+    if entries is None:
+        return Refusal(f"kind {kind} is not one the inventory holds ({', '.join(KINDS)})")
+    if not name or name not in entries:
+        return Refusal(f"{kind} {namespace}/{name or '(no name)'} is not in the inventory")
+    return Target(kind=kind, namespace=namespace, name=name)
+
+
+def _service(section: Mapping[str, object], kind: str, name: str | None) -> Target | Refusal:
+    if not name or name not in section:
+        return Refusal(f"{kind} {name or '(no name)'} is not in the inventory")
+    return Target(kind=kind, name=name)
 
 
 def _pods(
@@ -228,6 +257,11 @@ class TargetRef(_Model):
                 raise LocatedError(f"a {self.kind} target needs name or name_from_label", ())
         if self.kind == "Pods" and named == (self.selector is not None):
             raise LocatedError("a Pods target needs a group name (or label) or a selector", ())
+        if self.kind in SERVICE_KINDS:
+            if self.namespace is not None or self.namespace_from_label is not None:
+                raise LocatedError(f"a {self.kind} target has no namespace", ("kind",))
+            if self.selector is not None or not named:
+                raise LocatedError(f"a {self.kind} target needs name or name_from_label", ())
         return self
 
     def uses_labels(self) -> bool:
@@ -243,5 +277,12 @@ def load_inventory(path: Path | str) -> Inventory:
     try:
         return Inventory.model_validate(doc.data)
     except ValidationError as exc:
-        models = (Inventory, NamespaceEntry, DeploymentEntry, HpaBounds, ConfigMapEntry)
+        models = (
+            Inventory,
+            NamespaceEntry,
+            DeploymentEntry,
+            HpaBounds,
+            ConfigMapEntry,
+            *SERVICE_MODELS,
+        )
         raise InventoryError(describe(exc, doc, models, "inventory")) from None

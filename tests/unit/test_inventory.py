@@ -152,3 +152,55 @@ def test_errors_name_file_and_line(tmp_path: Path, text: str, line: int, message
 def test_a_target_ref_fits_its_kind(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TargetRef.model_validate(kwargs)
+
+
+SERVICES = """\
+aws:
+  rds: {origin-db: {identifier: origin-db-prod, failover: true}}
+  cloudfront: {origin-cdn: {distribution_id: E2EXAMPLE, paths: ["/static/*"]}}
+databases:
+  origin-db: {dsn_file: /run/secrets/origin-db-dsn, idle_after: 10m}
+redis:
+  origin-cache: {url_file: /run/secrets/redis-url}
+probes:
+  http: {origin-health: {url: "https://origin.example.com/healthz"}}
+prometheus:
+  main: {url: "http://prometheus:9090", queries: {rate: "sum(rate(x[5m]))"}}
+"""
+
+
+def test_targets_beyond_kubernetes_have_a_name_and_no_namespace(tmp_path: Path) -> None:
+    inventory = load_inventory(write(tmp_path, SERVICES))
+    ref = TargetRef(kind="Database", name_from_label="database", name="origin-db")
+    assert inventory.resolve(ref, {}) == Target(kind="Database", name="origin-db")
+    forged = inventory.resolve(ref, {"database": "billing-db"})
+    assert forged == Refusal("Database billing-db is not in the inventory")
+    assert inventory.resolve(TargetRef(kind="RdsInstance", name="origin-db"), {}) == Target(
+        kind="RdsInstance", name="origin-db"
+    )
+    # The same name in another section is another kind's.
+    assert isinstance(inventory.resolve(TargetRef(kind="Redis", name="origin-db"), {}), Refusal)
+    entry = inventory.entry("Database", "origin-db")
+    assert entry is not None
+    assert entry.idle_after.total_seconds() == 600  # type: ignore[attr-defined]
+    assert inventory.contains(Target(kind="Prometheus", name="main"))
+    assert not inventory.contains(Target(kind="Prometheus", namespace="x", name="main"))
+
+
+def test_a_service_target_takes_no_namespace() -> None:
+    with pytest.raises(ValueError, match="a Redis target has no namespace"):
+        TargetRef(kind="Redis", name="c", namespace="ns")
+    with pytest.raises(ValueError, match="a Database target needs name or name_from_label"):
+        TargetRef(kind="Database")
+
+
+def test_service_errors_name_file_and_line(tmp_path: Path) -> None:
+    text = SERVICES.replace("idle_after: 10m", "idle_after: soon")
+    with pytest.raises(InventoryError, match=r"inventory\.yaml:5: .*idle_after"):
+        load_inventory(write(tmp_path, text))
+    text = (
+        "aws:\n  elasticache:\n"
+        "    c: {replication_group_id: a, emergency: {replication_group_id: a}}\n"
+    )
+    with pytest.raises(InventoryError, match="must be another group"):
+        load_inventory(write(tmp_path, text))
