@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from actions.aws_config import AwsConfig
 from actions.inventory import Inventory, load_inventory
 from actions.playbooks import Playbooks, default_playbooks, load_playbooks
 from classifier.policy import Policy, default_policy, load_policy
@@ -116,6 +117,18 @@ class Settings(BaseSettings):
     )
     inventory_file: Path | None = Field(
         None, description="what remediations may touch; none: nothing (every target refused)"
+    )
+    aws: AwsConfig | None = Field(
+        None, description="region, endpoint and credentials of the AWS actions; none: no AWS"
+    )
+    evidence_dir: Path | None = Field(
+        None, description="where evidence bundles are kept; default: <data_dir>/evidence"
+    )
+    evidence_bucket: str | None = Field(
+        None, description="an S3 bucket (through the aws settings) to keep bundles in instead"
+    )
+    evidence_max_bytes: int = Field(
+        50 * 1024 * 1024, gt=0, description="the largest evidence bundle; parts beyond are cut"
     )
     actions_mode: Literal["dry_run", "live"] = Field(
         "dry_run", description="dry_run records the exact requests; live must be chosen"
