@@ -1,10 +1,11 @@
 """The real services the integration tests talk to: Apache Kafka, PostgreSQL, Redis, and a
 Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager).
 
-Taken from ``SEVPIPE_KAFKA_BOOTSTRAP``, ``SEVPIPE_POSTGRES_DSN``, ``SEVPIPE_REDIS_URL`` and
-``SEVPIPE_KUBECONFIG`` (the path of an admin kubeconfig) when they are set (``make test`` sets
-them); otherwise ``scripts/test-services up`` is run once per session to start them. A missing
-service fails the tests that need it; nothing is skipped.
+Taken from ``SEVPIPE_KAFKA_BOOTSTRAP``, ``SEVPIPE_POSTGRES_DSN``, ``SEVPIPE_REDIS_URL``,
+``SEVPIPE_KUBECONFIG`` (the path of an admin kubeconfig) and ``SEVPIPE_KUBE_AUDIT_LOG`` (the
+path of the kube-apiserver's audit log) when they are set (``make test`` sets them); otherwise
+``scripts/test-services up`` is run once per session to start them. A missing service fails
+the tests that need it; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ VARS = (
     "SEVPIPE_POSTGRES_DSN",
     "SEVPIPE_REDIS_URL",
     "SEVPIPE_KUBECONFIG",
+    "SEVPIPE_KUBE_AUDIT_LOG",
 )
 _EXPORT = re.compile(r"^export (SEVPIPE_[A-Z_]+)=['\"]?([^'\"]*)['\"]?$")
 
@@ -40,9 +42,18 @@ class Services:
     # The admin kubeconfig's path (a bearer token in system:masters; the CA inline). Last and
     # with a default, so that the three-argument form still builds a Services.
     kubeconfig: str = ""
+    # The kube-apiserver's audit log (JSON lines): the writes to deployments (and their scale),
+    # HPAs and ConfigMaps, one entry per request with its response code. Read, never written.
+    kube_audit_log: str = ""
 
     def env(self) -> dict[str, str]:
-        values = (self.kafka_bootstrap, self.postgres_dsn, self.redis_url, self.kubeconfig)
+        values = (
+            self.kafka_bootstrap,
+            self.postgres_dsn,
+            self.redis_url,
+            self.kubeconfig,
+            self.kube_audit_log,
+        )
         return {name: value for name, value in zip(VARS, values, strict=True) if value}
 
 
