@@ -10,7 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from actions.catalogue import Catalogue
 from actions.guard import Guard, Limits
+from actions.inventory import Inventory
 from actions.kubernetes import kubernetes_catalogue
+from actions.probes import probes_catalogue
 from actions.stage import CONSUMER_GROUP, ActionsMetrics, ActionsStage
 from eventlog import EventLog
 from runtime.stage import StageRuntime
@@ -20,17 +22,19 @@ from store import Coordinator, IncidentStore
 from store.effects import EffectsLedger
 
 
-def catalogue_of(settings: Settings) -> Catalogue:
-    """The Kubernetes actions when a kubeconfig is set; else none (every step is skipped as
-    an unknown action, and says so)."""
+def catalogue_of(settings: Settings, inventory: Inventory) -> Catalogue:
+    """Every action the settings make possible: the probes and Prometheus queries always
+    (over the inventory's entries); the Kubernetes actions when a kubeconfig is set. A step
+    naming an action not here is skipped as an unknown action, and says so."""
+    cat = probes_catalogue(inventory)
     kubeconfig = settings.kubeconfig
-    if kubeconfig is None:
-        return Catalogue()
+    if kubeconfig is not None:
 
-    async def api() -> client.ApiClient:
-        return await config.new_client_from_config(config_file=str(kubeconfig))
+        async def api() -> client.ApiClient:
+            return await config.new_client_from_config(config_file=str(kubeconfig))
 
-    return kubernetes_catalogue(api)
+        kubernetes_catalogue(api, cat)
+    return cat
 
 
 def actions_runtime(
@@ -47,7 +51,7 @@ def actions_runtime(
         eventlog,
         store,
         ledger=ledger,
-        catalogue=catalogue_of(settings),
+        catalogue=catalogue_of(settings, inventory),
         playbooks=settings.playbooks(),
         inventory=inventory,
         guard=Guard(coordinator, Limits(), inventory),

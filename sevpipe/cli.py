@@ -128,8 +128,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, settings.log_format)
     tune_gc()
     roles = set(ROLES_OF[args.command])
-    if args.command == "run" and settings.kubeconfig is not None:
-        roles.add("act")  # remediation needs a cluster to act on
+    if args.command == "run" and (settings.kubeconfig or settings.inventory_file or settings.aws):
+        roles.add("act")  # remediation needs something to act on
     return _runner()(serve(settings, frozenset(roles)))
 
 
