@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aws_support import moto_server  # noqa: F401 - the session fixture for the AWS emulator
 from hypothesis import HealthCheck, settings
 from services import Services, services  # noqa: F401 - the session fixture for real services
 
