@@ -111,8 +111,34 @@ class Guard:
         target: Target,
         params: Mapping[str, Any],
         risk: Risk,
+        *,
         dry_run: bool,
+        action_id: str = "",
     ) -> Admitted | Refused:
+        """Admit the action or say why not. ``action_id``: an attempt of this very action
+        that was admitted before (and died before the effects ledger knew of it) is resumed:
+        the cooldown and rate it consumed are its own, not a reason to refuse it."""
+        ask = self._ask(step, target, params, risk, action_id)
+        if isinstance(ask, Refused):
+            return ask
+        if not dry_run and ask.marked and await self._coord.cooldown_remaining(ask.mark) > 0:
+            return self.resume(step, target, params)
+        left = await self._coord.cooldown_remaining(ask.key) if ask.cooldown > 0 else 0.0
+        if left > 0:
+            return Refused(f"{ask.what}: {ask.cooling()} ({_seconds(left)} left)")
+        if dry_run:
+            return Admitted(step, target, ask.args, True, ask.notes)
+        return await self._take(ask)
+
+    def _ask(
+        self,
+        step: PlannedStep,
+        target: Target,
+        params: Mapping[str, Any],
+        risk: Risk,
+        action_id: str,
+    ) -> _Ask | Refused:
+        """What admitting the action asks of the coordinator, or why it cannot be asked."""
         what = f"{step.action} on {target.key()}"
         if step.mode == "never":
             return Refused(f"{what}: step {step.step} is never run automatically (mode never)")
@@ -121,13 +147,8 @@ class Guard:
         capped = self._caps(step.action, target, dict(params))
         if isinstance(capped, Refused):
             return Refused(f"{what}: {capped.reason}")
-        ask = _Ask(step, target, *capped, risk, self._limits.cooldown_of(step.action, risk))
-        left = await self._coord.cooldown_remaining(ask.key) if ask.cooldown > 0 else 0.0
-        if left > 0:
-            return Refused(f"{what}: {ask.cooling()} ({_seconds(left)} left)")
-        if dry_run:
-            return Admitted(step, target, ask.args, True, ask.notes)
-        return await self._take(ask)
+        cooldown = self._limits.cooldown_of(step.action, risk)
+        return _Ask(step, target, *capped, risk, cooldown, action_id)
 
     def resume(
         self, step: PlannedStep, target: Target, params: Mapping[str, Any]
@@ -168,6 +189,10 @@ class Guard:
                     f"{ask.what}: rate limit of {limit} {action} per hour reached "
                     f"(next in {_seconds(rate.retry_after)})"
                 )
+            if ask.marked:
+                # Before the cooldown, after the rate: a crash between them leaves an attempt
+                # that may be resumed without a cooldown, never one resumed past the rate.
+                await self._coord.start_cooldown(ask.mark, max(ask.cooldown, ttl))
             await self._coord.start_cooldown(ask.key, ask.cooldown)
             admitted = Admitted(ask.step, ask.target, ask.args, False, ask.notes, tuple(held))
             held = []
@@ -230,10 +255,21 @@ class _Ask:
     notes: tuple[str, ...]
     risk: Risk
     cooldown: float
+    action_id: str = ""
 
     @property
     def key(self) -> str:
         return f"actions:{self.step.action}:{self.target.key()}"
+
+    @property
+    def marked(self) -> bool:
+        """An action with an id whose admission consumes something (a cooldown)."""
+        return bool(self.action_id) and self.cooldown > 0
+
+    @property
+    def mark(self) -> str:
+        """Set when this action id is admitted live: its later attempts are resumes."""
+        return f"actions:admitted:{self.action_id}"
 
     @property
     def what(self) -> str:

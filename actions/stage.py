@@ -107,7 +107,7 @@ class ActionsStage:
         guard: Guard,
         live: bool = False,
         approval_ttl: timedelta = timedelta(minutes=30),
-        lease: float = 300.0,
+        lease: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         book: ActionsBook | None = None,
         metrics: ActionsMetrics | None = None,
@@ -308,14 +308,34 @@ class ActionsStage:
             # action runs, once approved.
             dry = not self.live or (step.mode == "approve" and not asked)
             admitted = await self.guard.admit(
-                step, step.target, params.model_dump(), spec.risk, dry_run=dry
+                step,
+                step.target,
+                params.model_dump(),
+                spec.risk,
+                dry_run=dry,
+                action_id=action.action_id,
             )
         if isinstance(admitted, Refused):
             return admitted.reason
         action.params = admitted.params
         params = spec.params.model_validate(admitted.params)
-        action.requests = await spec.plan(step.target, params)
-        return spec, params, admitted
+        refused = await self._plan(action, spec, params, admitted)
+        return refused or (spec, params, admitted)
+
+    async def _plan(self, action: _Action, spec: Any, params: Any, admitted: Admitted) -> str:
+        """Plan the action's requests; why it cannot be planned ("" when it was).
+
+        Planning reads the world (the Deployment a restart patches): a refusal there (RBAC,
+        not found) is this step's, not the incident's, and a retriable error is raised with
+        the guard's hold given back (the retry resumes the admission, see Guard.admit)."""
+        try:
+            action.requests = await spec.plan(action.target, params)
+        except Exception as exc:
+            await self.guard.release(admitted)
+            if getattr(exc, "retriable", False):
+                raise
+            return f"cannot plan {action.step.action}: {exc}"
+        return ""
 
     async def _execute(
         self, action: _Action, admitted: Admitted, spec: Any, params: Any

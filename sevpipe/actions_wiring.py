@@ -57,6 +57,7 @@ def actions_runtime(
         guard=Guard(coordinator, Limits(), inventory),
         live=settings.actions_mode == "live",
         approval_ttl=timedelta(seconds=settings.approval_ttl),
+        lease=settings.actions_lease,
         metrics=ActionsMetrics(registry),
     )
     group = settings.consumer_group_prefix + CONSUMER_GROUP

@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     kubeconfig: Path | None = Field(
         None, description="the cluster remediations act on (sevpipe act); none: no actions"
     )
+    actions_lease: Seconds = Field(
+        60.0,
+        gt=0,
+        description="how long an action's claim lasts; an act process killed mid-action has "
+        "its actions checked (not rerun) by another once this has passed",
+    )
     approval_ttl: Seconds = Field(
         1800.0, gt=0, description="how long an action waits for approval before it expires"
     )

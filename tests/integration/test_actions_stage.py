@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict
 
 from actions.catalogue import ActionSpec, Catalogue, Outcome
-from actions.guard import Guard, Limits
+from actions.guard import Guard, Limits, Refused
 from actions.inventory import Inventory
-from actions.playbooks import Playbooks
+from actions.playbooks import PlannedStep, Playbooks
 from actions.stage import CONSUMER_GROUP, ActionBusy, ActionsMetrics, ActionsStage
 from eventlog import EmbeddedLog
 from runtime.relay import relay_outbox
@@ -36,6 +36,10 @@ GK = '{}:{service="origin"}'
 
 class Crash(BaseException):
     """kill -9 here: nothing after it runs."""
+
+
+class Forbidden(Exception):
+    """An API's refusal: not retriable."""
 
 
 class NoParams(BaseModel):
@@ -55,6 +59,8 @@ class Cluster:
     restarts: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, int] = field(default_factory=dict)
     crash_after_restart: bool = False
+    crash_in_plan: bool = False
+    refuse_plan: bool = False
     planning: asyncio.Event | None = None
     """When set, planning a restart waits for it: a worker caught between the guard's
     admission and the effects ledger's claim."""
@@ -76,6 +82,10 @@ class Cluster:
             self.planned.set()
             if self.planning is not None:
                 await self.planning.wait()
+            if self.crash_in_plan:
+                raise Crash
+            if self.refuse_plan:
+                raise Forbidden("forbidden: get deployments")
             path = f"/apis/apps/v1/namespaces/{target.namespace}/deployments/{target.name}"
             return (ApiRequest(method="PATCH", path=path, body={"restartedAt": "now"}),)
 
@@ -528,3 +538,42 @@ async def test_the_same_event_handled_by_two_workers_at_once_runs_once_and_says_
         events = await a.events()
     assert cluster.restarts == {"origin-backend": 1}
     assert by_step(events)["restart"] == ["planned", "started", "succeeded"]
+
+
+async def test_a_restart_whose_worker_died_between_admission_and_its_claim_is_resumed(
+    tmp_path: Path,
+) -> None:
+    """kill -9 after the guard admitted the restart (its cooldown started) and before the
+    effects ledger heard of it: the next worker resumes it; the cooldown the dead attempt
+    started is its own, not a reason to skip it."""
+    cluster = Cluster(ready=False, crash_in_plan=True)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        with pytest.raises(Crash):
+            await a.run(a.stage(cluster, live=True), commit=False)
+        cluster.crash_in_plan = False
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+    assert cluster.restarts == {"origin-backend": 1}
+    assert by_step(events)["restart"] == ["planned", "started", "succeeded"]
+
+
+async def test_a_step_that_cannot_be_planned_is_skipped_and_the_playbook_goes_on(
+    tmp_path: Path,
+) -> None:
+    cluster = Cluster(ready=False, refuse_plan=True)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await a.run(a.stage(cluster, live=True))
+        events = await a.events()
+        # The refused step's hold on (restart, origin-backend) was given back.
+        guard = Guard(a.coordinator, Limits(), INVENTORY)
+        step = PlannedStep("outage", "other", "kubernetes.rollout_restart", {}, "auto", None)
+        target = Target(kind="Deployment", namespace=NS, name="origin-backend")
+        again = await guard.admit(step, target, {}, "mutating", dry_run=False)
+    assert cluster.restarts == {}
+    [skipped] = [d for _, d in events if d.step == "restart"]
+    assert skipped.reason == "cannot plan kubernetes.rollout_restart: forbidden: get deployments"
+    assert by_step(events)["scale"] == ["awaiting_approval"]  # the next steps still ran
+    assert isinstance(again, Refused)
+    assert "cooling down" in again.reason  # not "already running": the lock was released

@@ -158,18 +158,22 @@ async def test_caps_hold(pair: Pair) -> None:
     got = admitted(await one.admit(image, BACKEND, {}, "destructive", dry_run=False))
     assert got.params == {"image": "registry.example/origin-backend:stable"}
     await one.release(got)
-    reason = refused(await one.admit(image, BACKEND, {"image": "evil:1"}, "destructive", False))
+    reason = refused(
+        await one.admit(image, BACKEND, {"image": "evil:1"}, "destructive", dry_run=False)
+    )
     assert reason.endswith("image evil:1 is not its emergency image")
     reason = refused(await one.admit(image, FRONTEND, {}, "destructive", dry_run=False))
     assert reason.endswith("the inventory allows it no emergency image")
 
     patch = step("kubernetes.patch_configmap")
     ok = admitted(
-        await one.admit(patch, CONFIG, {"key": "DB_POOL_MAX", "value": "50"}, "mutating", False)
+        await one.admit(
+            patch, CONFIG, {"key": "DB_POOL_MAX", "value": "50"}, "mutating", dry_run=False
+        )
     )
     await one.release(ok)
     reason = refused(
-        await one.admit(patch, CONFIG, {"key": "SECRET", "value": "x"}, "mutating", False)
+        await one.admit(patch, CONFIG, {"key": "SECRET", "value": "x"}, "mutating", dry_run=False)
     )
     assert reason.endswith("key SECRET may not be patched (allowed: DB_POOL_MAX)")
 
@@ -191,14 +195,14 @@ async def test_dry_run_is_admitted_and_consumes_nothing(pair: Pair) -> None:
     one, two = guards(pair, rate_per_hour=1, max_in_flight=1)
     scale = step("kubernetes.scale")
     for _ in range(3):
-        got = admitted(await one.admit(scale, BACKEND, {"replicas": 99}, "mutating", True))
+        got = admitted(await one.admit(scale, BACKEND, {"replicas": 99}, "mutating", dry_run=True))
         assert got.dry_run
         assert got.locks == ()
         assert got.params == {"replicas": 20}  # the capped request is what dry-run records
     # No cooldown started, no rate counted, no slot taken: live mode is still let through once.
     live = admitted(await two.admit(scale, BACKEND, {"replicas": 4}, "mutating", dry_run=False))
     # And a dry-run after a live run reports the cooldown live mode would meet.
-    reason = refused(await one.admit(scale, BACKEND, {"replicas": 4}, "mutating", True))
+    reason = refused(await one.admit(scale, BACKEND, {"replicas": 4}, "mutating", dry_run=True))
     assert "cooling down" in reason
     await two.release(live)
 
@@ -207,7 +211,9 @@ async def test_an_override_per_action(pair: Pair) -> None:
     one, _ = guards(pair, actions={"kubernetes.rollout_restart": {"cooldown": "1h"}})
     first = admitted(await one.admit(step(), BACKEND, {}, "mutating", dry_run=False))
     await one.release(first)
-    assert "less than 1h ago" in refused(await one.admit(step(), BACKEND, {}, "mutating", False))
+    assert "less than 1h ago" in refused(
+        await one.admit(step(), BACKEND, {}, "mutating", dry_run=False)
+    )
     limits = Limits.model_validate({"actions": {"kubernetes.rollout_restart": {"cooldown": "1h"}}})
     assert limits.cooldown_of("kubernetes.rollout_restart", "mutating") == 3600
     assert limits.cooldown == timedelta(minutes=10)
