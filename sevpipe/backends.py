@@ -142,9 +142,11 @@ async def open_effects_ledger(
 async def open_coordinator(settings: Settings, *, wait: bool = False) -> AsyncIterator[Coordinator]:
     """Locks, cooldowns and rate limits: on Redis when ``redis_url`` is set, else in-process."""
     url = settings.redis_url
+    # Several installs on one Kafka cluster (kafka_topic_prefix) share Redis the same way.
+    prefix = f"sevpipe:{settings.kafka_topic_prefix}"
 
     def make() -> Coordinator:
-        return RedisCoordinator(url) if url else LocalCoordinator()
+        return RedisCoordinator(url, prefix=prefix) if url else LocalCoordinator()
 
     async with _opened(make, "redis" if url else "the coordinator", wait=wait and bool(url)) as c:
         yield c

@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     )
     kafka_topic_prefix: str = Field(
         "",
-        description="prefix of topics and consumer groups (several installs on one cluster)",
+        description="prefix of topics, consumer groups and Redis keys (several installs on one "
+        "cluster)",
     )
     kafka_partitions: int = Field(3, ge=1, description="partitions of topics sevpipe creates")
     kafka_replication: int = Field(1, ge=1, description="replication of topics sevpipe creates")
