@@ -1,4 +1,4 @@
-"""The actions stage as settings make it: the catalogue (Kubernetes when a kubeconfig is
+"""The actions stage as settings make it: the catalogue (probes always; Kubernetes, AWS when
 given), playbooks, inventory and guard, on the stage runtime."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from datetime import timedelta
 from kubernetes_asyncio import client, config
 from prometheus_client import CollectorRegistry
 
+from actions.aws_catalogue import aws_catalogue
 from actions.catalogue import Catalogue
 from actions.guard import Guard, Limits
 from actions.inventory import Inventory
@@ -24,8 +25,9 @@ from store.effects import EffectsLedger
 
 def catalogue_of(settings: Settings, inventory: Inventory) -> Catalogue:
     """Every action the settings make possible: the probes and Prometheus queries always
-    (over the inventory's entries); the Kubernetes actions when a kubeconfig is set. A step
-    naming an action not here is skipped as an unknown action, and says so."""
+    (over the inventory's entries); the Kubernetes actions when a kubeconfig is set; the AWS
+    actions when ``aws`` is. A step naming an action not here is skipped as an unknown
+    action, and says so."""
     cat = probes_catalogue(inventory)
     kubeconfig = settings.kubeconfig
     if kubeconfig is not None:
@@ -34,6 +36,8 @@ def catalogue_of(settings: Settings, inventory: Inventory) -> Catalogue:
             return await config.new_client_from_config(config_file=str(kubeconfig))
 
         kubernetes_catalogue(api, cat)
+    if settings.aws is not None:
+        aws_catalogue(settings.aws, inventory, cat)
     return cat
 
 
