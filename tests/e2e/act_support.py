@@ -125,7 +125,13 @@ def act_settings(tmp_path: Path, namespaces: Sequence[str], kubeconfig: str) -> 
     settings = tmp_path / "sevpipe.yaml"
     settings.write_text(
         yaml.safe_dump(
-            {"inventory_file": str(inventory), "actions_mode": "live", "kubeconfig": kubeconfig}
+            {
+                "inventory_file": str(inventory),
+                "actions_mode": "live",
+                "kubeconfig": kubeconfig,
+                # A killed replica's actions are taken over after this: short, for the tests.
+                "actions_lease": "15s",
+            }
         )
     )
     return ("--config", str(settings))
