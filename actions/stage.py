@@ -294,9 +294,7 @@ class ActionsStage:
         except (UnknownAction, ValidationError) as exc:
             return f"cannot run {step.action}: {exc}"
         action.risk = spec.risk
-        if step.mode == "never":
-            return "mode never: a person's decision"
-        if (why := unmet(step.when, results)) is not None:
+        if (why := _not_now(step, spec.risk) or unmet(step.when, results)) is not None:
             return why
         began = await self.ledger.get(action.action_id) if self.live else None
         if began is not None:
@@ -359,6 +357,17 @@ class ActionsStage:
         action.result = dict(done.outcome)
         await action.emit("succeeded")
         return action.result
+
+
+def _not_now(step: PlannedStep, risk: str) -> str | None:
+    """Why the step's mode keeps it from running now, whatever the guard would say."""
+    if step.mode == "never":
+        return "mode never: a person's decision"
+    if step.mode == "auto" and risk == "destructive":
+        # Playbooks are checked for this at load when the catalogue is known; the stage is
+        # the last line, whatever file was loaded how.
+        return f"{step.action} is destructive: never automatic (make the step approve)"
+    return None
 
 
 class _Action:

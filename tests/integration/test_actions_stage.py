@@ -577,3 +577,47 @@ async def test_a_step_that_cannot_be_planned_is_skipped_and_the_playbook_goes_on
     assert by_step(events)["scale"] == ["awaiting_approval"]  # the next steps still ran
     assert isinstance(again, Refused)
     assert "cooling down" in again.reason  # not "already running": the lock was released
+
+
+async def test_a_destructive_action_never_runs_automatically_however_it_was_loaded(
+    tmp_path: Path,
+) -> None:
+    """Playbooks built without the catalogue (so unchecked for risk at load) may name a
+    destructive action in mode auto: the stage refuses it."""
+    wiped: list[str] = []
+    cluster = Cluster(ready=False)
+    cat = cluster.catalogue()
+
+    async def wipe(target: Target, params: Any, token: int) -> Outcome:
+        wiped.append(target.name)
+        return {}
+
+    async def no_requests(target: Target, params: Any) -> tuple[ApiRequest, ...]:
+        return ()
+
+    async def nothing(target: Target, params: Any) -> Outcome | None:
+        return None
+
+    cat.register(
+        ActionSpec("test.wipe", NoParams, "destructive", "Deployment", no_requests, wipe, nothing)
+    )
+    step = {
+        "id": "wipe",
+        "action": "test.wipe",
+        "target": {"kind": "Deployment", "name": "origin-backend"},
+        "mode": "auto",
+    }
+    match = {"min_severity": "SEV-0", "impacts": ["outage"]}
+    book = {"name": "x", "match": match, "steps": [step]}
+    books = Playbooks.model_validate({"playbooks": [book]})
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        stage = a.stage(cluster, live=True)
+        stage.catalogue = cat
+        stage.playbooks = books
+        await a.run(stage)
+        events = await a.events()
+    assert wiped == []
+    [(type_, skipped)] = events
+    assert type_ == "action.skipped"
+    assert skipped.reason == "test.wipe is destructive: never automatic (make the step approve)"
