@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from actions.aws_catalogue import aws_catalogue
 from actions.catalogue import Catalogue
+from actions.databases import database_catalogue
 from actions.guard import Guard, Limits
 from actions.inventory import Inventory
 from actions.kubernetes import kubernetes_catalogue
@@ -24,11 +25,12 @@ from store.effects import EffectsLedger
 
 
 def catalogue_of(settings: Settings, inventory: Inventory) -> Catalogue:
-    """Every action the settings make possible: the probes and Prometheus queries always
-    (over the inventory's entries); the Kubernetes actions when a kubeconfig is set; the AWS
-    actions when ``aws`` is. A step naming an action not here is skipped as an unknown
-    action, and says so."""
+    """Every action the settings make possible: the probes, Prometheus queries and the
+    application's PostgreSQL and Redis always (over the inventory's entries); the Kubernetes
+    actions when a kubeconfig is set; the AWS actions when ``aws`` is. A step naming an
+    action not here is skipped as an unknown action, and says so."""
     cat = probes_catalogue(inventory)
+    database_catalogue(inventory, cat)
     kubeconfig = settings.kubeconfig
     if kubeconfig is not None:
 

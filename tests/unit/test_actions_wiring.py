@@ -14,6 +14,7 @@ def test_probes_always_kubernetes_and_aws_when_configured(tmp_path: Path) -> Non
     bare = catalogue_of(Settings(data_dir=tmp_path), inventory).names()
     assert "probe.http" in bare
     assert "prometheus.query" in bare
+    assert {"postgres.terminate_idle", "redis.flushdb"} <= set(bare)
     assert not [n for n in bare if n.startswith(("kubernetes.", "aws."))]
 
     kubeconfig = tmp_path / "kubeconfig"
