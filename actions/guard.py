@@ -259,7 +259,10 @@ class _Ask:
 
     @property
     def key(self) -> str:
-        return f"actions:{self.step.action}:{self.target.key()}"
+        """Cooldowns and one-at-a-time are per (action, target), and per value of params an
+        alert's labels gave (blocking one client IP does not cool down blocking another)."""
+        variant = f"|{self.step.variant}" if self.step.variant else ""
+        return f"actions:{self.step.action}:{self.target.key()}{variant}"
 
     @property
     def marked(self) -> bool:

@@ -109,6 +109,11 @@ class Step(_Model):
     id: Name
     action: Name = Field(description="a catalogue action, e.g. kubernetes.rollout_restart")
     params: dict[str, Any] = Field(default_factory=dict)
+    params_from_labels: dict[Name, Name] = Field(
+        default_factory=dict,
+        description="param -> the alert label giving its value (e.g. cidr: client_ip); one "
+        "action per distinct value among the firing alerts, each checked by the action",
+    )
     target: TargetRef
     mode: Mode
     when: When | None = None
@@ -131,6 +136,12 @@ class Step(_Model):
             )
         if spec.risk == "destructive" and self.mode == "auto":
             raise LocatedError(f"{self.action} is destructive: approve or never", ("mode",))
+        for param in self.params_from_labels:
+            if param not in spec.params.model_fields:
+                where = ("params_from_labels", param)
+                raise LocatedError(f"{self.action} has no param {param!r}", where)
+        if self.params_from_labels:
+            return self  # the values come with the alerts; the action checks them then
         try:
             spec.params.model_validate(self.params)
         except ValidationError as exc:
@@ -197,6 +208,8 @@ class PlannedStep:
     refusal: str | None = None
     """Why no inventory target: the step is reported skipped with this reason."""
     when: When | None = None
+    variant: str = ""
+    """The params an alert's labels gave (``cidr=203.0.113.7``): one action per variant."""
 
 
 def matching(
@@ -221,19 +234,41 @@ def matching(
         for got in found.values():
             target = got if isinstance(got, Target) else None
             refusal = got.reason if isinstance(got, Refusal) else None
-            planned.append(
-                PlannedStep(
-                    book.name,
-                    step.id,
-                    step.action,
-                    step.params,
-                    step.mode,
-                    target,
-                    refusal,
-                    step.when,
+            for params, variant, missing in _variants(step, label_sets):
+                planned.append(
+                    PlannedStep(
+                        book.name,
+                        step.id,
+                        step.action,
+                        params,
+                        step.mode,
+                        target,
+                        refusal or missing,
+                        step.when,
+                        variant,
+                    )
                 )
-            )
     return planned
+
+
+def _variants(
+    step: Step, label_sets: Sequence[Mapping[str, str]]
+) -> list[tuple[Mapping[str, Any], str, str | None]]:
+    """The step's params for each distinct set of label values its ``params_from_labels``
+    name among the firing alerts: (params, variant, why none when no alert has them)."""
+    if not step.params_from_labels:
+        return [(step.params, "", None)]
+    seen: dict[str, Mapping[str, Any]] = {}
+    for labels in label_sets:
+        values = {p: labels.get(label) for p, label in step.params_from_labels.items()}
+        if any(v is None or v == "" for v in values.values()):
+            continue
+        variant = ",".join(f"{p}={values[p]}" for p in sorted(values))
+        seen.setdefault(variant, {**step.params, **values})
+    if not seen:
+        labels_named = ", ".join(sorted(step.params_from_labels.values()))
+        return [(step.params, "", f"no firing alert has the label(s) {labels_named}")]
+    return [(params, variant, None) for variant, params in seen.items()]
 
 
 _MISSING: Final = object()

@@ -386,8 +386,9 @@ class _Action:
         self.incident_version = incident_version
         self.step = step
         self.target = target
+        parts = (step.step, target.key(), *([step.variant] if step.variant else []))
         self.action_id = derived_event_id(
-            incident_id.removeprefix("inc-").upper(), "action", step.step, target.key()
+            incident_id.removeprefix("inc-").upper(), "action", *parts
         )
         self.risk: Any = "read_only"
         self.params: dict[str, Any] = dict(step.params)

@@ -621,3 +621,54 @@ async def test_a_destructive_action_never_runs_automatically_however_it_was_load
     [(type_, skipped)] = events
     assert type_ == "action.skipped"
     assert skipped.reason == "test.wipe is destructive: never automatic (make the step approve)"
+
+
+class Cidr(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cidr: str
+
+
+async def test_params_from_alert_labels_make_one_action_each(tmp_path: Path) -> None:
+    blocked: list[str] = []
+    cluster = Cluster(ready=True)
+    cat = cluster.catalogue()
+
+    async def block(target: Target, params: Any, token: int) -> Outcome:
+        blocked.append(params.cidr)
+        return {"cidr": params.cidr}
+
+    async def no_requests(target: Target, params: Any) -> tuple[ApiRequest, ...]:
+        return ()
+
+    async def nothing(target: Target, params: Any) -> Outcome | None:
+        return None
+
+    cat.register(
+        ActionSpec("test.block", Cidr, "mutating", "Namespace", no_requests, block, nothing)
+    )
+    step = {
+        "id": "block",
+        "action": "test.block",
+        "params_from_labels": {"cidr": "client_ip"},
+        "target": {"kind": "Namespace", "namespace": NS},
+        "mode": "auto",
+    }
+    match = {"min_severity": "SEV-0", "impacts": ["outage"]}
+    books = Playbooks.model_validate(
+        {"playbooks": [{"name": "x", "match": match, "steps": [step]}]}
+    )
+    alerts = [
+        alert_json(f"b{i}", impact="outage", service="origin", client_ip=ip)
+        for i, ip in enumerate(["203.0.113.7", "198.51.100.9"])
+    ]
+    async with open_actions(tmp_path) as a:
+        await append_webhook(a.log, webhook(GK, *alerts))
+        await drain(new_stage(a.log, a.store), a.log.subscribe([TOPIC_ALERTS], "cls"))
+        stage = a.stage(cluster, live=True)
+        stage.catalogue = cat
+        stage.playbooks = books
+        await a.run(stage)
+        events = await a.events()
+    assert sorted(blocked) == ["198.51.100.9", "203.0.113.7"]
+    succeeded = [d for t, d in events if t == "action.succeeded"]
+    assert len({d.action_id for d in succeeded}) == 2

@@ -360,3 +360,51 @@ def test_the_catalogue_checks_actions_and_params(
         load_playbooks(path, catalogue())
     assert f"{path}:{line}:" in str(info.value)
     assert message in str(info.value)
+
+
+class Cidr(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cidr: str
+    key: str = "block-cidrs"
+
+
+BLOCK = """\
+playbooks:
+  - name: breach
+    match: {min_severity: SEV-0}
+    steps:
+      - id: block
+        action: kubernetes.block_ip
+        params_from_labels: {cidr: client_ip}
+        target: {kind: ConfigMap, name: origin-backend-config}
+        mode: approve
+"""
+
+
+def test_params_from_labels_plan_one_action_per_value(tmp_path: Path) -> None:
+    cat = catalogue()
+    cat.register(spec("block_ip", Cidr, "mutating", "ConfigMap"))
+    books = load_playbooks(write(tmp_path, BLOCK), cat)
+    alerts = [
+        alert("A", client_ip="203.0.113.7"),
+        alert("B", client_ip="198.51.100.9"),
+        alert("C", client_ip="203.0.113.7"),  # the same value: one action
+        alert("D"),
+        alert("E", firing=False, client_ip="192.0.2.1"),  # resolved: not chosen
+    ]
+    planned = matching(books, incident("SEV-0"), alerts, INVENTORY)
+    assert [(p.variant, dict(p.params)) for p in planned] == [
+        ("cidr=203.0.113.7", {"cidr": "203.0.113.7"}),
+        ("cidr=198.51.100.9", {"cidr": "198.51.100.9"}),
+    ]
+    assert all(p.refusal is None for p in planned)
+    [none] = matching(books, incident("SEV-0"), [alert("D")], INVENTORY)
+    assert none.refusal == "no firing alert has the label(s) client_ip"
+
+
+def test_params_from_labels_must_name_params_of_the_action(tmp_path: Path) -> None:
+    cat = catalogue()
+    cat.register(spec("block_ip", Cidr, "mutating", "ConfigMap"))
+    text = BLOCK.replace("{cidr: client_ip}", "{ip: client_ip}")
+    with pytest.raises(PlaybookError, match=r"playbooks\.yaml:7: .*has no param 'ip'"):
+        load_playbooks(write(tmp_path, text), cat)
