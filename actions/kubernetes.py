@@ -16,6 +16,8 @@ Mutations (each ``plan`` is the exact request ``execute`` sends; ``check`` finds
   :mod:`actions.kubernetes_capacity`.
 - ``kubernetes.set_image`` (destructive; the inventory's emergency image): see
   :mod:`actions.kubernetes_image`.
+- ``kubernetes.block_ip`` (a CIDR added to the ingress controller's ConfigMap list, e.g.
+  ingress-nginx's ``block-cidrs``): see :mod:`actions.kubernetes_security`.
 
 Reads (``kubernetes.get_state``, ``kubernetes.rollout_status``) and the error mapping are in
 :mod:`actions.kubernetes_reads`; ``kubernetes.top`` (metrics.k8s.io, said so when absent) and
@@ -50,6 +52,7 @@ from actions.kubernetes_reads import (
     plan_rollout_status,
     rollout_status,
 )
+from actions.kubernetes_security import BlockIp, BlockIpParams
 from schemas.actions import ApiRequest, Target
 
 RESTARTED_AT: Final = "kubectl.kubernetes.io/restartedAt"
@@ -338,6 +341,19 @@ def kubernetes_catalogue(
             execute=logs.pod_logs,
             check=no_check,
             description="the lines of a pod group's logs matching a pattern (auth|login|token)",
+        )
+    )
+    block = BlockIp(api_client_factory)
+    cat.register(
+        ActionSpec(
+            name="kubernetes.block_ip",
+            params=BlockIpParams,
+            risk="mutating",
+            target_kind="ConfigMap",
+            plan=block.plan,
+            execute=block.block,
+            check=block.blocked,
+            description="add a CIDR to the ingress controller's block list (block-cidrs)",
         )
     )
     return cat
