@@ -1,8 +1,10 @@
 """Remediation news for the responders: ``sevpipe.actions`` in, chat messages out.
 
 Nobody watches the actions API, so an approval nobody hears of runs out unseen. The comms
-stage tells the chat routes of the incident's current severity (``CHAT_ROUTES``, as for who
-acknowledged and who commands; never email, leadership or a status page):
+stage tells the chat routes of the incident's current routes (its severity's and those its
+impacts add, see ``comms.impacts``: ``CHAT_ROUTES``, as for who acknowledged and who
+commands, the security team's channel included for a security breach; never email,
+leadership or a status page):
 
 - ``action.awaiting_approval`` -> ``approval``: what would be done (the action, its target,
   its parameters as the guard capped them, the exact requests), why it waits, when it runs
@@ -11,6 +13,10 @@ acknowledged and who commands; never email, leadership or a status page):
   ``action.denied`` and ``action.expired`` of any -> ``action``, worded by state. A read's
   outcome, a plan, a start, a skip (dry-run's included) and an approval given are not news:
   the incident's timeline has them.
+- ``action.succeeded`` of a ``people.*`` action (a task for people, e.g.
+  ``people.credential_rotation``) -> ``task``: its title, checklist and reason, and the
+  incident's link, on the chat routes and the security team's mail (``TASK_ROUTES``): the
+  task is the news, not "done".
 
 Effect ids derive from the action event's id (itself derived from the action and its state),
 the route and the kind, so a redelivered or re-appended event finds its message sent. On a
@@ -38,7 +44,8 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from comms.channel import MessageKind
-from comms.routing import CHAT_ROUTES
+from comms.impacts import incident_routes
+from comms.routing import CHAT_ROUTES, TASK_ROUTES
 from eventlog import Record
 from schemas import derived_event_id
 from schemas.actions import (
@@ -66,6 +73,8 @@ NEWS: Final[dict[str, MessageKind]] = {
     ACTION_EXPIRED: "action",
 }
 """The action events people are told of (outcomes only of actions that change something)."""
+TASK_PREFIX: Final = "people."
+"""Actions that open a task for people: their success is a ``task`` message."""
 FRESH_FOR: Final = timedelta(hours=1)
 """An outcome older than this when the stage sees it is history, not news."""
 
@@ -85,6 +94,8 @@ class ActionNews:
         action = ActionEventData.model_validate(env.data)  # a bad one raises: a dead letter
         if kind == "action" and action.risk == "read_only":
             return
+        if env.type == ACTION_SUCCEEDED and action.action.startswith(TASK_PREFIX):
+            kind = "task"
         stale = await self._stale(kind, action, env.time)
         if stale:
             log.info("comms: %s of action %s not told: %s", env.type, action.action_id, stale)
@@ -99,7 +110,10 @@ class ActionNews:
                 action.incident_id,
             )
             return
-        routes = [r for r in stage.routing.routes(incident.severity) if r.name in CHAT_ROUTES]
+        told = TASK_ROUTES if kind == "task" else CHAT_ROUTES
+        routes = [
+            r for r in await incident_routes(stage.routing, stage.store, incident) if r.name in told
+        ]
         if not routes:
             effect_id = derived_event_id(env.id, "notify", "none", kind)
             data = NotificationEventData(
@@ -113,7 +127,8 @@ class ActionNews:
                 audience="none",
                 subject="",
                 cause=env.id,
-                reason=f"no chat route for {incident.severity}",
+                reason=f"no {'chat or security' if kind == 'task' else 'chat'} route for "
+                f"{incident.severity}",
                 source="decided",
             )
             stage.metrics.notifications.labels("none", "none", "suppressed").inc()
@@ -133,7 +148,7 @@ class ActionNews:
     async def _stale(self, kind: MessageKind, action: ActionEventData, at: datetime) -> str:
         """Why this event is no longer news ("" when it is)."""
         now = self.stage.clock()
-        if kind == "action":
+        if kind in ("action", "task"):
             if now - at > self.fresh_for:
                 return f"it happened more than {format_duration(self.fresh_for)} ago"
             return ""

@@ -23,9 +23,10 @@ from typing import Any, Literal, Protocol
 
 from schemas.incidents import Incident
 
-Audience = Literal["team", "leadership", "org", "support", "public"]
+Audience = Literal["team", "leadership", "org", "support", "public", "security"]
 """Who a message is for. ``org``, ``support`` and ``public`` get public templates only: what
-customer support may tell customers is the approved public wording, nothing else."""
+customer support may tell customers is the approved public wording, nothing else.
+``security`` is the security team (routed by impact, e.g. ``security_breach``): internal."""
 
 MessageKind = Literal[
     "opened",
@@ -38,9 +39,12 @@ MessageKind = Literal[
     "commander",
     "approval",
     "action",
+    "task",
 ]
 """Incident news, and remediation news (``approval``: an action waits for a person;
-``action``: what became of one people must know about), the latter for chat routes only."""
+``action``: what became of one people must know about; ``task``: work a ``people.*`` action
+opened for people, e.g. credentials to rotate), the latter for chat routes only (a ``task``
+for the security email route too)."""
 
 Outcome = Mapping[str, Any]
 """What a channel did, as JSON: ids the server gave (Slack channel and ts, the Statuspage

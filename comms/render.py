@@ -5,9 +5,11 @@ Public templates (``public/``: the status page, org-wide email) see only what se
 says: the kind of message, the severity's public wording, the configured component names and
 the times. No alert text can reach them, so an alert cannot put words on the status page.
 
-Remediation news (``approval``, ``action``) is internal only and has templates of its own
-(``internal/approval.*.j2``, ``internal/action.*.j2``): a team that replaced the incident templates
-still tells its approvers what waits for them.
+Remediation news (``approval``, ``action``, ``task``) is internal only and has templates of
+its own (``internal/approval.*.j2``, ``internal/action.*.j2``, ``internal/task.*.j2``): a team
+that replaced the incident templates still tells its approvers what waits for them. A
+``task`` (work a ``people.*`` action opened) is given ``task``, ``checklist``,
+``more_checklist`` and ``task_reason`` besides what an action message is given.
 
 Text templates are rendered without escaping (each channel escapes for its medium); HTML
 templates autoescape. A directory given in settings is searched first, file by file.
@@ -35,12 +37,14 @@ PUBLIC_IMPACT: Final[dict[Severity, str]] = {
     "SEV-3": "a minor issue",
 }
 
-ACTION_KINDS: Final[frozenset[MessageKind]] = frozenset({"approval", "action"})
+ACTION_KINDS: Final[frozenset[MessageKind]] = frozenset({"approval", "action", "task"})
 """Kinds about a remediation action: internal, rendered from ``internal/<kind>.<name>``."""
 MAX_ITEMS: Final = 20
 """Parameters and requests listed in a message about an action; the rest are counted."""
 MAX_VALUE: Final = 300
 """Characters of one parameter, request body, result or reason in such a message."""
+MAX_CHECKLIST: Final = 100
+"""Items of a task's checklist listed; the rest are counted."""
 
 _CONTROL = dict.fromkeys(range(32), " ")
 
@@ -102,6 +106,8 @@ class Renderer:
                 raise ValueError(f"{ctx.kind} messages are internal, and need their action")
             # Beside the incident templates (the package ships templates/*/*.j2 only).
             prefix, values = f"internal/{ctx.kind}.", {**_internal(ctx), **_action(ctx)}
+            if ctx.kind == "task":
+                values.update(_task(ctx))
         else:
             prefix = "public/" if public else "internal/"
             values = _public(ctx) if public else _internal(ctx)
@@ -183,6 +189,24 @@ def _action(ctx: Context) -> dict[str, Any]:
         "expired_already": left is not None and left <= timedelta(0),
         "approve_url": f"{base}/approve" if base else "",
         "deny_url": f"{base}/deny" if base else "",
+    }
+
+
+def _task(ctx: Context) -> dict[str, Any]:
+    """What a ``people.*`` action's outcome says is to be done."""
+    action = ctx.action
+    assert action is not None  # noqa: S101 - render() checked
+    result = action.result
+    items = result.get("checklist")
+    checklist = [_cap(str(i)) for i in items] if isinstance(items, list) else []
+    reason = action.params.get("reason", result.get("reason", ""))
+    return {
+        "task": _cap(
+            str(result.get("task") or f"{action.action} on {describe_target(action.target)}")
+        ),
+        "checklist": checklist[:MAX_CHECKLIST],
+        "more_checklist": max(0, len(checklist) - MAX_CHECKLIST),
+        "task_reason": _cap(str(reason or "")),
     }
 
 

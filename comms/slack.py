@@ -1,4 +1,5 @@
-"""Slack: an incident channel and a team-channel thread per incident, over the Web API.
+"""Slack: an incident channel and a team-channel thread per incident, over the Web API; for a
+security incident, a thread in the security team's channel too.
 
 Every post carries the message's effect id in Slack message metadata, so ``check`` finds what
 an earlier, interrupted ``send`` posted, and an in-process retry after an answer that may
@@ -6,7 +7,8 @@ have come too late (a timeout, a 5xx) looks before it posts again. ``SlackWebhoo
 the simpler incoming-webhook variant, which can do neither.
 
 The bot needs ``chat:write``, ``channels:manage`` (create, invite), ``channels:read`` (find a
-channel by name) and ``channels:history`` (``check``), and must be a member of the team channel.
+channel by name) and ``channels:history`` (``check``), and must be a member of the team
+channel and of the security channel.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPE: Final = "sevpipe_notification"
 """The Slack message-metadata event type every post carries."""
-ROUTES: Final = ("incident_channel", "team_channel")
+ROUTES: Final = ("incident_channel", "team_channel", "security_channel")
 
 _HISTORY_PAGES: Final = 5
 _PAGE: Final = 200
@@ -74,6 +76,9 @@ class SlackConfig(BaseModel):
     token: SecretStr | None = Field(None, description="the bot token (xoxb-...)")
     token_file: Path | None = Field(None, description="a file holding the bot token")
     team_channel: str = Field("", description='channel id or "#name" of the team channel')
+    security_channel: str = Field(
+        "", description='channel id or "#name" of the security team\'s channel'
+    )
     responders: list[str] = Field(
         default_factory=list, description="Slack user ids invited to every incident channel"
     )
@@ -152,7 +157,8 @@ class _SessionOwner:
 
 class SlackChannel(_SessionOwner):
     """Slack over the Web API: ``incident_channel`` (a new channel per incident, responders
-    invited) and ``team_channel`` (the first message posted there, the rest threaded)."""
+    invited), ``team_channel`` and ``security_channel`` (the first message posted there, the
+    rest threaded)."""
 
     name = "slack"
 
@@ -178,8 +184,8 @@ class SlackChannel(_SessionOwner):
             channel, thread_ts = _thread_of(thread)
             posted = await self._post(channel, message, thread_ts)
             return {"channel": posted["channel"], "ts": posted["ts"], "thread_ts": thread_ts}
-        if route == "team_channel":
-            posted = await self._post(self._team_channel(), message, None)
+        if route != "incident_channel":
+            posted = await self._post(self._shared_channel(route), message, None)
             return {"channel": posted["channel"], "ts": posted["ts"]}
         name = channel_name(message.incident)
         channel = await self._open(name)
@@ -196,7 +202,9 @@ class SlackChannel(_SessionOwner):
             return None if ts is None else {"channel": channel, "ts": ts, "thread_ts": thread_ts}
         oldest = message.incident.opened_at - timedelta(minutes=5)  # allow for clock skew
         name = (
-            channel_name(message.incident) if route == "incident_channel" else self._team_channel()
+            channel_name(message.incident)
+            if route == "incident_channel"
+            else self._shared_channel(route)
         )
 
         async def find() -> Outcome | None:
@@ -212,10 +220,16 @@ class SlackChannel(_SessionOwner):
 
         return await self._retrier.run(find)
 
-    def _team_channel(self) -> str:
-        if not self._config.team_channel:
-            raise ChannelRefused("no_team_channel", detail="slack team_channel is not set")
-        return self._config.team_channel
+    def _shared_channel(self, route: str) -> str:
+        """The configured channel of ``team_channel`` or ``security_channel``."""
+        config = self._config
+        channel = {
+            "team_channel": config.team_channel,
+            "security_channel": config.security_channel,
+        }[route]
+        if not channel:
+            raise ChannelRefused(f"no_{route}", detail=f"slack {route} is not set")
+        return channel
 
     def _web(self) -> AsyncWebClient:
         if self._client is None or self._session is None:

@@ -64,8 +64,9 @@ def channel_name(incident: Incident) -> str:
     return f"{prefix}-{rest}" if rest else prefix
 
 
-REMEDIATION_KINDS: Final = frozenset({"approval", "action"})
-"""Cards about a remediation action: titled by what waits or happened, not the incident."""
+REMEDIATION_KINDS: Final = frozenset({"approval", "action", "task"})
+"""Cards about a remediation action: titled by what waits, happened or is to be done, not
+the incident."""
 
 
 def header_text(message: Message) -> str:

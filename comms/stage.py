@@ -9,6 +9,9 @@ for cadence updates the incident, the route and the slot number), and is sent by
 ``runtime.effects.perform``: a redelivered event or a restart finds it done, and a send a
 crash interrupted is checked for before it is sent again.
 
+Routes: the incident's severity's, and those its impacts add (``comms.impacts``); cadence
+updates follow the severity's routes alone.
+
 Threads: an incident's first message on a threaded route is its root (the Slack channel's
 first post, the Statuspage incident); later ones follow it. Remediation news follows it too
 but never becomes it (``deliver(root=False)``). Once the first is sent, a pointer
@@ -31,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from comms.actions_news import ActionNews
 from comms.channel import Channel, Links, Message, MessageKind, Outcome
+from comms.impacts import incident_routes
 from comms.render import Context, Renderer
 from comms.routing import CHAT_ROUTES, ROUTES, Route, Routing
 from eventlog import EventLog, Record
@@ -125,7 +129,7 @@ class CommsStage:
             if kind is None:
                 continue
             incident = env.data.incident
-            routes = self.routing.routes(incident.severity)
+            routes = await incident_routes(self.routing, self.store, incident, env.data.alerts)
             if kind in PEOPLE_KINDS:
                 routes = tuple(r for r in routes if r.name in CHAT_ROUTES)
             if not routes:
