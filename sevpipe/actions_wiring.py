@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from actions.aws_catalogue import aws_catalogue
 from actions.catalogue import Catalogue
 from actions.databases import database_catalogue
+from actions.evidence import book_incidents, evidence_catalogue
 from actions.guard import Guard, Limits
 from actions.inventory import Inventory
 from actions.kubernetes import kubernetes_catalogue
@@ -18,17 +19,22 @@ from actions.probes import probes_catalogue
 from actions.stage import CONSUMER_GROUP, ActionsMetrics, ActionsStage
 from eventlog import EventLog
 from runtime.stage import StageRuntime
+from sevpipe.evidence_http import evidence_store_of
 from sevpipe.http import ConsumerLagCollector
 from sevpipe.settings import Settings
 from store import Coordinator, IncidentStore
+from store.actions import ActionsBook
 from store.effects import EffectsLedger
 
 
-def catalogue_of(settings: Settings, inventory: Inventory) -> Catalogue:
+def catalogue_of(
+    settings: Settings, inventory: Inventory, book: ActionsBook | None = None
+) -> Catalogue:
     """Every action the settings make possible: the probes, Prometheus queries and the
     application's PostgreSQL and Redis always (over the inventory's entries); the Kubernetes
-    actions when a kubeconfig is set; the AWS actions when ``aws`` is. A step naming an
-    action not here is skipped as an unknown action, and says so."""
+    actions and evidence.collect (into the settings' evidence store, each bundle on the
+    incident BOOK holds its action under) when a kubeconfig is set; the AWS actions when
+    ``aws`` is. A step naming an action not here is skipped as an unknown action, and says so."""
     cat = probes_catalogue(inventory)
     database_catalogue(inventory, cat)
     kubeconfig = settings.kubeconfig
@@ -38,6 +44,11 @@ def catalogue_of(settings: Settings, inventory: Inventory) -> Catalogue:
             return await config.new_client_from_config(config_file=str(kubeconfig))
 
         kubernetes_catalogue(api, cat)
+        evidence = evidence_store_of(settings)
+        limit, incident_of = settings.evidence_max_bytes, book_incidents(book)
+        evidence_catalogue(
+            api, inventory, evidence, max_bytes=limit, incident_of=incident_of, catalogue=cat
+        )
     if settings.aws is not None:
         aws_catalogue(settings.aws, inventory, cat)
     return cat
@@ -57,7 +68,9 @@ def actions_runtime(
         eventlog,
         store,
         ledger=ledger,
-        catalogue=catalogue_of(settings, inventory),
+        catalogue=catalogue_of(
+            settings, inventory, store if isinstance(store, ActionsBook) else None
+        ),
         playbooks=settings.playbooks(),
         inventory=inventory,
         guard=Guard(coordinator, Limits(), inventory),

@@ -33,6 +33,7 @@ from sevpipe.backends import (
 )
 from sevpipe.backpressure import Backpressure, LagWatch
 from sevpipe.comms_wiring import comms_runtime
+from sevpipe.evidence_http import evidence_routes
 from sevpipe.http import ConsumerLagCollector, build_app
 from sevpipe.settings import Settings
 from sevpipe.slack_http import slack_routes
@@ -118,7 +119,11 @@ async def serve(settings: Settings, roles: frozenset[str] = ROLES) -> int:
             )
             authorize = authorizer(creds, settings.operator_tokens())
             api = IncidentsApi(store, authorize)
-            routes += [*receiver.routes(), *api.routes()]
+            routes += [
+                *receiver.routes(),
+                *api.routes(),
+                *evidence_routes(settings, store, authorize),
+            ]
             if isinstance(store, ActionsBook):
                 routes += ActionsApi(store, authorize).routes()
             routes += status_routes(store, settings.routing(), templates_dir=settings.templates_dir)
