@@ -15,6 +15,7 @@ from actions.evidence import book_incidents, evidence_catalogue
 from actions.guard import Guard, Limits
 from actions.inventory import Inventory
 from actions.kubernetes import kubernetes_catalogue
+from actions.people_tasks import people_catalogue
 from actions.probes import probes_catalogue
 from actions.stage import CONSUMER_GROUP, ActionsMetrics, ActionsStage
 from eventlog import EventLog
@@ -30,13 +31,15 @@ from store.effects import EffectsLedger
 def catalogue_of(
     settings: Settings, inventory: Inventory, book: ActionsBook | None = None
 ) -> Catalogue:
-    """Every action the settings make possible: the probes, Prometheus queries and the
-    application's PostgreSQL and Redis always (over the inventory's entries); the Kubernetes
+    """Every action the settings make possible: the probes, Prometheus queries, the
+    application's PostgreSQL and Redis and the tasks for people always (over the inventory's
+    entries); the Kubernetes
     actions and evidence.collect (into the settings' evidence store, each bundle on the
     incident BOOK holds its action under) when a kubeconfig is set; the AWS actions when
     ``aws`` is. A step naming an action not here is skipped as an unknown action, and says so."""
     cat = probes_catalogue(inventory)
     database_catalogue(inventory, cat)
+    people_catalogue(cat)
     kubeconfig = settings.kubeconfig
     if kubeconfig is not None:
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kubernetes_asyncio import client
 from pydantic import ValidationError
+from test_actions_wiring import full_catalogue
 
 from actions.guard import Admitted, Guard, Limits
 from actions.inventory import Inventory
-from actions.kubernetes import kubernetes_catalogue
 from actions.kubernetes_image import ImageParams
 from actions.kubernetes_logs import (
     DEFAULT_PATTERN,
@@ -247,7 +247,7 @@ def test_log_params() -> None:
 def test_the_default_playbooks_load_with_the_real_catalogue() -> None:
     """Every action the runbook's playbooks name is registered, takes their params (none: the
     defaults) and their target kind, and no destructive one runs automatically."""
-    cat = kubernetes_catalogue(_no_client)
+    cat = full_catalogue()
     books = default_playbooks(cat)
     used = {step.action for book in books.playbooks for step in book.steps}
     assert used <= set(cat.names())
