@@ -82,24 +82,36 @@ class SeverityChange(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-def _json(status: int, body: Any) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def json_response(status: int, body: Any, **headers: str) -> web.Response:
+    """A JSON answer; the API's one way of writing one."""
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json(status, {"error": message, **extra})
+def error_response(status: int, message: str, **extra: Any) -> web.Response:
+    """``{"error": message, ...}``: what every refusal of the API looks like."""
+    return json_response(status, {"error": message, **extra})
+
+
+def caller(authorize: Authorize, request: web.Request, role: Role) -> str | web.Response:
+    """Who calls, holding ``role``, or the 401/403 answer to give instead."""
+    who = authorize(request, role)
+    if isinstance(who, Refusal):
+        return error_response(who.status, who.message)
+    return who
 
 
 def _invalid(exc: ValidationError) -> web.Response:
     """A 400 naming the first field the body got wrong."""
     err = exc.errors(include_url=False)[0]
     field = ".".join(str(p) for p in err["loc"]) or "body"
-    return _error(400, f"{field}: {err['msg']}", field=field)
+    return error_response(400, f"{field}: {err['msg']}", field=field)
 
 
 def _bad_key(key: str | None) -> web.Response | None:
     if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
-        return _error(
+        return error_response(
             400,
             f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} characters",
             field="Idempotency-Key",
@@ -196,10 +208,7 @@ class IncidentsApi:
         ]
 
     def _who(self, request: web.Request, role: Role) -> str | web.Response:
-        who = self.authorize(request, role)
-        if isinstance(who, Refusal):
-            return _error(who.status, who.message)
-        return who
+        return caller(self.authorize, request, role)
 
     async def list(self, request: web.Request) -> web.Response:
         if isinstance(who := self._who(request, "viewer"), web.Response):
@@ -207,12 +216,12 @@ class IncidentsApi:
         try:
             query = _query(request)
         except ValueError as exc:
-            return _error(400, str(exc), field=str(exc).split(":", 1)[0])
+            return error_response(400, str(exc), field=str(exc).split(":", 1)[0])
         try:
             incidents = await self.store.list_incidents(query)
         except StoreError as exc:
-            return _error(503, f"store unavailable: {exc}")
-        return _json(200, {"incidents": [incident_json(i) for i in incidents]})
+            return error_response(503, f"store unavailable: {exc}")
+        return json_response(200, {"incidents": [incident_json(i) for i in incidents]})
 
     async def show(self, request: web.Request) -> web.Response:
         if isinstance(who := self._who(request, "viewer"), web.Response):
@@ -221,15 +230,15 @@ class IncidentsApi:
         try:
             incident = await self.store.get_incident(incident_id)
             if incident is None:
-                return _error(404, f"no incident {incident_id}")
+                return error_response(404, f"no incident {incident_id}")
             alerts = await self.store.list_alerts(incident_id, limit=ALERTS_PAGE + 1)
             events = await self.store.timeline(incident_id)
         except StoreError as exc:
-            return _error(503, f"store unavailable: {exc}")
+            return error_response(503, f"store unavailable: {exc}")
         body = incident_json(incident)
         body.update(_page(alerts, ALERTS_PAGE))
         body["events"] = [_event_json(e) for e in events]
-        return _json(200, body)
+        return json_response(200, body)
 
     async def alerts(self, request: web.Request) -> web.Response:
         """``?status=firing|resolved&limit=&cursor=``: an incident's alerts, a page at a time."""
@@ -242,10 +251,10 @@ class IncidentsApi:
             limit = _limit(q.get("limit"), ALERTS_PAGE)
             after = _after(q.get("cursor"))
         except ValueError as exc:
-            return _error(400, str(exc), field=str(exc).split(":", 1)[0])
+            return error_response(400, str(exc), field=str(exc).split(":", 1)[0])
         try:
             if await self.store.get_incident(incident_id) is None:
-                return _error(404, f"no incident {incident_id}")
+                return error_response(404, f"no incident {incident_id}")
             alerts = await self.store.list_alerts(
                 incident_id,
                 status=status,
@@ -253,8 +262,8 @@ class IncidentsApi:
                 after=after,
             )
         except StoreError as exc:
-            return _error(503, f"store unavailable: {exc}")
-        return _json(200, _page(alerts, limit))
+            return error_response(503, f"store unavailable: {exc}")
+        return json_response(200, _page(alerts, limit))
 
     async def set_severity(self, request: web.Request) -> web.Response:
         caller = self._who(request, "responder")
@@ -330,10 +339,10 @@ class IncidentsApi:
         try:
             incident, replayed = await self._apply(incident_id, decide, key, what)
         except LookupError as exc:
-            return _error(404, str(exc))
+            return error_response(404, str(exc))
         except StoreError as exc:
-            return _error(503, f"unavailable: {exc}")
-        response = _json(200, incident_json(incident))
+            return error_response(503, f"unavailable: {exc}")
+        response = json_response(200, incident_json(incident))
         if replayed:
             response.headers["Idempotent-Replayed"] = "true"
         return response

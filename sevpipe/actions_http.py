@@ -19,11 +19,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any, cast, get_args
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from classifier.api import Authorize, Refusal, Role
+from classifier.api import Authorize, Role, caller
+from classifier.api import error_response as _error
+from classifier.api import json_response as _json
 from schemas.actions import ActionEventData, ActionState
 from store.actions import (
     MAX_LIST,
@@ -54,16 +55,6 @@ class Denial(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=MAX_REASON)
-
-
-def _json(status: int, body: Any, **headers: str) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json(status, {"error": message, **extra})
 
 
 def action_json(action: ActionEventData) -> dict[str, Any]:
@@ -113,10 +104,7 @@ class ActionsApi:
         ]
 
     def _who(self, request: web.Request, role: Role) -> str | web.Response:
-        who = self.authorize(request, role)
-        if isinstance(who, Refusal):
-            return _error(who.status, who.message)
-        return who
+        return caller(self.authorize, request, role)
 
     async def list(self, request: web.Request) -> web.Response:
         if isinstance(who := self._who(request, "viewer"), web.Response):

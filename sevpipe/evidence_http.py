@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from actions.aws_config import AwsConfig
@@ -32,7 +30,9 @@ from actions.evidence_store import (
     InvalidName,
     checked,
 )
-from classifier.api import Authorize, Refusal
+from classifier.api import Authorize, caller
+from classifier.api import error_response as _error
+from classifier.api import json_response as _json
 from sevpipe.settings import Settings
 from store.base import IncidentStore, StoreError
 
@@ -54,14 +54,6 @@ def evidence_routes(
     return EvidenceApi(incidents, evidence_store_of(settings), authorize).routes()
 
 
-def _json(status: int, body: Any) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _error(status: int, message: str, **extra: Any) -> web.Response:
-    return _json(status, {"error": message, **extra})
-
-
 class EvidenceApi:
     def __init__(
         self, incidents: IncidentStore, evidence: EvidenceStore, authorize: Authorize
@@ -78,9 +70,8 @@ class EvidenceApi:
 
     async def _incident(self, request: web.Request) -> str | web.Response:
         """The incident's id, once the caller may view it and the store holds it."""
-        who = self.authorize(request, "viewer")
-        if isinstance(who, Refusal):
-            return _error(who.status, who.message)
+        if isinstance(who := caller(self.authorize, request, "viewer"), web.Response):
+            return who
         incident_id = request.match_info["id"]
         try:
             if await self.incidents.get_incident(incident_id) is None:
@@ -91,9 +82,8 @@ class EvidenceApi:
 
     async def _bundle(self, request: web.Request) -> tuple[str, str] | web.Response:
         """(incident id, bundle name) asked for: a name checked before anything is read."""
-        who = self.authorize(request, "viewer")
-        if isinstance(who, Refusal):
-            return _error(who.status, who.message)
+        if isinstance(who := caller(self.authorize, request, "viewer"), web.Response):
+            return who
         try:
             name = checked(request.match_info["name"].removesuffix(SUFFIX), "bundle name")
         except InvalidName as exc:
