@@ -8,7 +8,7 @@ real actions stage, an alert's client_ip is blocked once approved, a bad one nev
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,11 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import test_kubernetes_actions as actions_tests
 from incident_support import alert_json, append_webhook, drain, new_stage, records, webhook
 from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
 from pydantic import ValidationError
-from services import Services, unique_name
+from services import Services
 from test_actions_stage import Actions, Clock, open_actions
 from test_kubernetes_api import meta
 
@@ -81,27 +81,8 @@ class Intercepted:
         return [r for r in self.sent if r.method == "PATCH"]
 
 
-@pytest.fixture
-async def admin(services: Services) -> AsyncIterator[client.ApiClient]:
-    assert services.kubeconfig, "no SEVPIPE_KUBECONFIG: scripts/test-services up provides it"
-    api = await config.new_client_from_config(config_file=services.kubeconfig)
-    async with api:
-        yield api
-
-
-@pytest.fixture
-async def ns(admin: client.ApiClient) -> AsyncIterator[str]:
-    core = client.CoreV1Api(admin)
-    name = unique_name("sevpipe-block")
-    await core.create_namespace(client.V1Namespace(metadata=meta(name)))
-    try:
-        yield name
-    finally:
-        try:
-            await core.delete_namespace(name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+admin = actions_tests.admin
+ns = actions_tests.ns
 
 
 @pytest.fixture
