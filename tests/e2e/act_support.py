@@ -25,13 +25,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 import redis.asyncio as aioredis
 import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from services import Services, unique_name
 
-from .backends import Backend
+from .backends import Backend, backend_named
 from .harness import one_alert_webhook, replay
 
 NAME = "origin-backend"
@@ -262,3 +263,20 @@ def deployment_patches(
 
 def codes(entries: Iterable[dict[str, Any]]) -> list[int]:
     return [int((e.get("responseStatus") or {}).get("code", 0)) for e in entries]
+
+
+@pytest.fixture
+async def production(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Kafka, PostgreSQL and a Redis database of the test's own."""
+    with backend_named("production", request) as backend:
+        async with with_own_redis_db(backend) as own:
+            yield own
+
+
+@pytest.fixture
+async def cluster(services: Services) -> AsyncIterator[Cluster]:
+    found = await Cluster.of(services)
+    try:
+        yield found
+    finally:
+        await found.close()

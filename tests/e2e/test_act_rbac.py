@@ -6,7 +6,6 @@ PATCH attempt in the audit log, the Deployment's generation unchanged."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ import aiohttp
 import pytest
 import yaml
 from kubernetes_asyncio import client, config
-from services import Services
 
+from . import act_support
 from .act_support import (
     Cluster,
     Playbooks,
@@ -28,9 +27,8 @@ from .act_support import (
     outage,
     playbooks,
     post_alerts,
-    with_own_redis_db,
 )
-from .backends import Backend, backend_named
+from .backends import Backend
 from .harness import Launcher, until_caught_up
 
 pytestmark = pytest.mark.e2e
@@ -42,21 +40,8 @@ TOKEN_SECONDS = 3600
 READ = ("get", "list", "watch")
 
 
-@pytest.fixture
-async def production(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """Kafka, PostgreSQL and a Redis database of the test's own."""
-    with backend_named("production", request) as backend:
-        async with with_own_redis_db(backend) as own:
-            yield own
-
-
-@pytest.fixture
-async def cluster(services: Services) -> AsyncIterator[Cluster]:
-    found = await Cluster.of(services)
-    try:
-        yield found
-    finally:
-        await found.close()
+production = act_support.production
+cluster = act_support.cluster
 
 
 def role(name: str, *, patch: bool) -> Any:  # the API takes a plain dict as well

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
 import aiohttp
 import pytest
-from services import Services
 
+from . import act_support
 from .act_support import (
     Cluster,
     Playbooks,
@@ -36,9 +35,8 @@ from .act_support import (
     outage,
     playbooks,
     post_alerts,
-    with_own_redis_db,
 )
-from .backends import Backend, backend_named
+from .backends import Backend
 from .harness import Launcher, Server
 
 pytestmark = pytest.mark.e2e
@@ -61,21 +59,8 @@ RESTART_PLANNED = re.compile(
 Moment = Literal["planned", "started", "patched"]
 
 
-@pytest.fixture
-async def production(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """Kafka, PostgreSQL and a Redis database of the test's own."""
-    with backend_named("production", request) as backend:
-        async with with_own_redis_db(backend) as own:
-            yield own
-
-
-@pytest.fixture
-async def cluster(services: Services) -> AsyncIterator[Cluster]:
-    found = await Cluster.of(services)
-    try:
-        yield found
-    finally:
-        await found.close()
+production = act_support.production
+cluster = act_support.cluster
 
 
 async def both_consuming(replicas: list[Server]) -> None:
