@@ -52,12 +52,21 @@ class Operator(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="who the operator is: the name recorded for each of their decisions",
+    )
     token_file: Path | None = Field(None, description="a file holding the operator's token")
     token_sha256: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="the token's SHA-256, hex"
     )
-    roles: tuple[Literal["viewer", "responder", "approver"], ...] = Field(min_length=1)
+    roles: tuple[Literal["viewer", "responder", "approver"], ...] = Field(
+        min_length=1,
+        description="viewer reads; responder also re-rates, acknowledges and takes command; "
+        "approver also approves and denies actions",
+    )
 
     @model_validator(mode="after")
     def _one_token(self) -> Operator:
@@ -69,14 +78,21 @@ class Operator(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEVPIPE_", extra="forbid")
 
-    data_dir: Path = Field(Path(".sevpipe"), description="where the embedded log and store live")
+    data_dir: Path = Field(
+        Path(".sevpipe"),
+        description="where the embedded log (events.db), store (store.db) and outbox live",
+    )
     host: str = Field("127.0.0.1", description="address the HTTP server binds")
-    port: int = Field(9095, ge=0, le=65535)
+    port: int = Field(9095, ge=0, le=65535, description="port the HTTP server listens on")
     auth_token: SecretStr | None = Field(None, description="bearer token Alertmanager sends")
-    auth_token_file: Path | None = None
-    basic_auth_username: str | None = None
-    basic_auth_password: SecretStr | None = None
-    basic_auth_password_file: Path | None = None
+    auth_token_file: Path | None = Field(None, description="a file holding auth_token")
+    basic_auth_username: str | None = Field(
+        None, description="basic auth user Alertmanager sends (with a password), instead of a token"
+    )
+    basic_auth_password: SecretStr | None = Field(None, description="the basic auth password")
+    basic_auth_password_file: Path | None = Field(
+        None, description="a file holding basic_auth_password"
+    )
     allow_unauthenticated: bool = Field(
         False, description="listen beyond loopback without credentials (behind a trusted proxy)"
     )
@@ -97,7 +113,9 @@ class Settings(BaseSettings):
     postgres_dsn: SecretStr | None = Field(
         None, description="postgresql://...; set to keep incident state in PostgreSQL"
     )
-    redis_url: str | None = Field(None, description="redis://...; locks and rate limits")
+    redis_url: str | None = Field(
+        None, description="redis://...; locks, cooldowns and rate limits (none: in-process)"
+    )
     policy_file: Path | None = Field(
         None, description="severity policy YAML; default: the runbook's table (sevpipe policy show)"
     )
@@ -135,7 +153,7 @@ class Settings(BaseSettings):
         "dry_run", description="dry_run records the exact requests; live must be chosen"
     )
     kubeconfig: Path | None = Field(
-        None, description="the cluster remediations act on (sevpipe act); none: no actions"
+        None, description="the cluster remediations act on; none: no Kubernetes actions"
     )
     actions_lease: Seconds = Field(
         60.0,
@@ -156,8 +174,12 @@ class Settings(BaseSettings):
         description="how long a message's claim lasts; a notify process killed mid-send has "
         "its messages checked (not resent) by another once this has passed",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the lowest level logged"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people; json: one JSON object per line"
+    )
     shutdown_timeout: Seconds = Field(
         10.0, gt=0, description="how long to drain on SIGTERM: seconds, or 30s, 1m"
     )
