@@ -17,13 +17,15 @@ from schemas.durations import Seconds
 class AwsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    region: str = Field("us-east-1", min_length=1)
+    region: str = Field("us-east-1", min_length=1, description="the region of every call")
     endpoint_url: str | None = Field(
         None, description="one endpoint for every service (a VPC endpoint, an emulator)"
     )
     access_key_id: str | None = Field(None, description="none: the default credential chain")
-    secret_access_key: SecretStr | None = None
-    secret_access_key_file: Path | None = None
+    secret_access_key: SecretStr | None = Field(None, description="with access_key_id")
+    secret_access_key_file: Path | None = Field(
+        None, description="a file holding secret_access_key"
+    )
     timeout: Seconds = Field(10.0, gt=0, description="connect and read timeout per request")
     max_attempts: int = Field(
         5, ge=1, le=20, description="attempts per call; throttling and 5xx are retried"

@@ -65,14 +65,18 @@ class EmailConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    host: str = Field(min_length=1)
+    host: str = Field(min_length=1, description="the SMTP server")
     port: int = Field(587, ge=1, le=65535, description="465 when security is tls and unset")
-    security: Literal["none", "starttls", "tls"] = "starttls"
-    username: str | None = None
+    security: Literal["none", "starttls", "tls"] = Field(
+        "starttls", description="starttls: upgrade after connecting; tls: TLS from the start"
+    )
+    username: str | None = Field(None, description="SMTP login, with password_file")
     password_file: Path | None = Field(None, description="read once, when the channel starts")
     ca_file: Path | None = Field(None, description="a private CA to trust; default system trust")
-    from_address: Address
-    audiences: dict[str, list[Address]]
+    from_address: Address = Field(description="the From: of every message")
+    audiences: dict[str, list[Address]] = Field(
+        description="audience (team, leadership, org, support, security) -> its addresses"
+    )
     timeout: float = Field(30.0, gt=0, description="seconds for each connect and command")
     max_retry_seconds: float = Field(60.0, ge=0, description="how long one send retries")
     retry_initial_wait: float = Field(1.0, gt=0, description="first backoff; then doubles")

@@ -72,7 +72,9 @@ class SlackConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    api_url: str = "https://slack.com/api/"
+    api_url: str = Field(
+        "https://slack.com/api/", description="the Web API's base URL (a proxy, a test server)"
+    )
     token: SecretStr | None = Field(None, description="the bot token (xoxb-...)")
     token_file: Path | None = Field(None, description="a file holding the bot token")
     team_channel: str = Field("", description='channel id or "#name" of the team channel')
@@ -95,7 +97,7 @@ class SlackConfig(BaseModel):
         description="the app's signing secret: set, cards carry Acknowledge and I'm commander "
         "buttons, answered on POST /api/v1/slack/interactions",
     )
-    signing_secret_file: Path | None = None
+    signing_secret_file: Path | None = Field(None, description="a file holding signing_secret")
 
     def signing_secret_value(self) -> str | None:
         if self.signing_secret is not None:

@@ -63,10 +63,10 @@ MAX_NAME_CHARS: Final = 255
 class StatuspageConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    api_url: str = "https://api.statuspage.io/v1/"
-    page_id: str = Field(min_length=1)
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
+    api_url: str = Field("https://api.statuspage.io/v1/", description="the API's base URL")
+    page_id: str = Field(min_length=1, description="the status page's id")
+    api_key: SecretStr | None = Field(None, description="the API key; or api_key_file")
+    api_key_file: Path | None = Field(None, description="a file holding the API key")
     components: dict[str, str] = Field(
         default_factory=dict, description="sevpipe component name -> Statuspage component id"
     )
@@ -77,7 +77,9 @@ class StatuspageConfig(BaseModel):
     max_attempts: int = Field(8, ge=1, description="requests per call at most, retries included")
     retry_backoff: float = Field(0.5, gt=0, description="first backoff after a 5xx or timeout")
     requests_per_second: float = Field(1.0, gt=0, description="Statuspage's limit per API key")
-    deliver_notifications: bool = True
+    deliver_notifications: bool = Field(
+        True, description="let Statuspage notify the page's subscribers of each update"
+    )
 
     @model_validator(mode="after")
     def _has_key(self) -> StatuspageConfig:
