@@ -123,14 +123,24 @@ class Settings(BaseSettings):
         None, description="comms routing YAML; default: the runbook's (comms/default_routing.yaml)"
     )
     templates_dir: Path | None = Field(
-        None, description="message templates that replace the shipped ones, file by file"
+        None,
+        description="message templates that replace the shipped ones, file by file "
+        "(internal/, public/)",
     )
     public_url: str = Field(
         "", description="sevpipe's URL as people reach it, for links in messages"
     )
-    slack: SlackConfig | None = Field(None, description="Slack (Web API bot token or webhook)")
-    email: EmailConfig | None = Field(None, description="SMTP for the email routes")
-    statuspage: StatuspageConfig | None = Field(None, description="Atlassian Statuspage")
+    slack: SlackConfig | None = Field(
+        None,
+        description="Slack (Web API bot token or webhook); none: Slack routes go to the console "
+        "outbox",
+    )
+    email: EmailConfig | None = Field(
+        None, description="SMTP for the email routes; none: they go to the console outbox"
+    )
+    statuspage: StatuspageConfig | None = Field(
+        None, description="Atlassian Statuspage; none: its route goes to the console outbox"
+    )
     playbooks_file: Path | None = Field(
         None, description="remediation playbooks YAML; default: the runbook's (playbooks show)"
     )
@@ -159,7 +169,8 @@ class Settings(BaseSettings):
         60.0,
         gt=0,
         description="how long an action's claim lasts; an act process killed mid-action has "
-        "its actions checked (not rerun) by another once this has passed",
+        "its actions checked (not rerun) by another once this has passed; an action must "
+        "finish within it",
     )
     approval_ttl: Seconds = Field(
         1800.0, gt=0, description="how long an action waits for approval before it expires"
@@ -187,7 +198,8 @@ class Settings(BaseSettings):
         2000,
         ge=0,
         description="hold a webhook while the classifier is more than this many events behind "
-        "(sevpipe run: its own; sevpipe ingest: the classifier group's commits) (0: never)",
+        "(sevpipe run: its own; sevpipe ingest: the classifier group's commits, only while "
+        "they move) (0: never)",
     )
     ingest_max_hold: Seconds = Field(
         2.0, gt=0, description="the longest a webhook is held; then it is appended anyway"
