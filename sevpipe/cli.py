@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sevpipe import actions_cli, deadletter_cli, evidence_cli
+from sevpipe import actions_cli, deadletter_cli, evidence_cli, settings_doc
 from sevpipe.settings import Settings, SettingsError, load_settings
 
 EXIT_USAGE = 2
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     deadletter_cli.add_parser(sub, _add_settings_args)
     actions_cli.add_parsers(sub)
     evidence_cli.add_parser(sub)
+    settings_doc.add_parser(sub)
     return parser
 
 
@@ -267,6 +268,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "approve": _cmd_actions,
     "deny": _cmd_actions,
     "evidence": lambda args: _runner()(evidence_cli.run(args)),
+    "settings": settings_doc.run,
 }
 
 
