@@ -9,7 +9,9 @@ asserts on what reached the server, not on what a client says it sent.
 
 ``FaultProxy`` sits between a client and a server and answers the next requests itself with
 a chosen error (a 400 ``Throttling``, a 503) or after a delay (a read timeout), as AWS does
-under load; then it relays again.
+under load; then it relays again. It can also hold the server's answer to one operation
+(``hold``): the request is relayed and acted on, the client not told yet (a kill lands
+after the effect and before the client knows of it).
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ class MotoServer:
         found = []
         if not self.recording.exists():
             return []
-        for line in self.recording.read_text(encoding="utf-8").splitlines():
+        text = self.recording.read_text(encoding="utf-8")
+        # moto writes an entry, then its newline: the last line may still be being written.
+        for line in text.split("\n")[:-1]:
+            if not line.strip():
+                continue
             entry = json.loads(line)
             one = _received(entry)
             if one is not None and (service is None or one.service == service):
@@ -212,11 +218,17 @@ class FaultProxy:
     seen: list[str] = field(default_factory=list)
     """Every request that reached the proxy, as its Action (query protocol) or path."""
     url: str = ""
+    hold: dict[str, float] = field(default_factory=dict)
+    """Operation (as ``MotoServer.received`` names it) -> seconds: the next such request is
+    relayed, and the server's answer kept that long before the client gets it."""
+    held: list[str] = field(default_factory=list)
+    """The operations whose answers were kept, from the moment the server had answered."""
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         action = parse_qs(body.decode(errors="replace")).get("Action", [request.path])[0]
         self.seen.append(action)
+        operation = action if action != request.path else _rest_operation(request.method, action)
         if self.faults:
             fault = self.faults.pop(0)
             if fault.delay:
@@ -238,11 +250,15 @@ class FaultProxy:
                 request.method, self.target + request.path_qs, data=body, headers=headers
             ) as answer,
         ):
-            return web.Response(
-                status=answer.status,
-                body=await answer.read(),
-                headers={"Content-Type": answer.headers.get("Content-Type", "text/xml")},
-            )
+            relayed = await answer.read()
+        if (hold := self.hold.pop(operation, 0.0)) > 0:
+            self.held.append(operation)
+            await asyncio.sleep(hold)
+        return web.Response(
+            status=answer.status,
+            body=relayed,
+            headers={"Content-Type": answer.headers.get("Content-Type", "text/xml")},
+        )
 
 
 @contextlib.asynccontextmanager
