@@ -129,7 +129,7 @@ class EmergencyCacheGroup:
     async def create(self, target: Target, params: NoParams, token: int) -> Outcome:
         entry, emergency = self._entry(target)
         group_id = emergency.replication_group_id
-        async with self.clients.elasticache() as cache:
+        async with self.clients.elasticache(once=True) as cache:
             existing = await self._group(cache, group_id)
             if existing is not None and existing.get("Status") == "deleting":
                 raise AwsUnavailable(f"elasticache {group_id} is being deleted: created once gone")

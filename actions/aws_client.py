@@ -152,11 +152,16 @@ class AwsClients:
             user_agent_extra="sevpipe",
         )
 
-    async def _kwargs(self) -> dict[str, Any]:
+    async def _kwargs(self, *, once: bool = False) -> dict[str, Any]:
+        config = self.botocore_config
+        if once:
+            # A mutation is sent once per attempt of the stage, never again by botocore after a
+            # read timeout: the stage's next attempt checks before it sends (see perform).
+            config = config.merge(AioConfig(retries={"mode": "standard", "total_max_attempts": 1}))
         kwargs: dict[str, Any] = {
             "region_name": self.config.region,
             "endpoint_url": self.config.endpoint_url,
-            "config": self.botocore_config,
+            "config": config,
         }
         if self.config.access_key_id:
             secret = await asyncio.to_thread(self.config.secret)
@@ -177,12 +182,16 @@ class AwsClients:
         client.meta.events.register("before-parameter-build", record)
 
     def _open(
-        self, service: str, make: Callable[[dict[str, Any]], AbstractAsyncContextManager[C]]
+        self,
+        service: str,
+        make: Callable[[dict[str, Any]], AbstractAsyncContextManager[C]],
+        *,
+        once: bool = False,
     ) -> AbstractAsyncContextManager[C]:
         @asynccontextmanager
         async def opened() -> AsyncIterator[C]:
             try:
-                async with make(await self._kwargs()) as client:
+                async with make(await self._kwargs(once=once)) as client:
                     self._watch(client, service)
                     yield client
             except Exception as exc:
@@ -199,14 +208,21 @@ class AwsClients:
     def ec2(self) -> AbstractAsyncContextManager[EC2Client]:
         return self._open("ec2", lambda kw: self.session.create_client("ec2", **kw))
 
-    def rds(self) -> AbstractAsyncContextManager[RDSClient]:
-        return self._open("rds", lambda kw: self.session.create_client("rds", **kw))
+    def rds(self, *, once: bool = False) -> AbstractAsyncContextManager[RDSClient]:
+        """``once``: for a mutation (no retry by botocore itself)."""
+        return self._open("rds", lambda kw: self.session.create_client("rds", **kw), once=once)
 
-    def elasticache(self) -> AbstractAsyncContextManager[ElastiCacheClient]:
-        return self._open("elasticache", lambda kw: self.session.create_client("elasticache", **kw))
+    def elasticache(self, *, once: bool = False) -> AbstractAsyncContextManager[ElastiCacheClient]:
+        """``once``: for a mutation (no retry by botocore itself)."""
+        return self._open(
+            "elasticache", lambda kw: self.session.create_client("elasticache", **kw), once=once
+        )
 
-    def cloudfront(self) -> AbstractAsyncContextManager[CloudFrontClient]:
-        return self._open("cloudfront", lambda kw: self.session.create_client("cloudfront", **kw))
+    def cloudfront(self, *, once: bool = False) -> AbstractAsyncContextManager[CloudFrontClient]:
+        """``once``: for a mutation (no retry by botocore itself)."""
+        return self._open(
+            "cloudfront", lambda kw: self.session.create_client("cloudfront", **kw), once=once
+        )
 
     def cloudwatch(self) -> AbstractAsyncContextManager[CloudWatchClient]:
         return self._open("cloudwatch", lambda kw: self.session.create_client("cloudwatch", **kw))

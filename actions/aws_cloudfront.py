@@ -11,7 +11,8 @@ answers a repeat of the same CallerReference and paths with the invalidation it 
 first time instead of a second one. The action therefore runs only under the stage (without
 an action id it is refused). ``execute`` also looks first, as ``check`` does, and returns the
 invalidation it finds (``created: false``), so a retry makes no second request even where
-the API does not deduplicate (moto does not).
+the API does not deduplicate (moto does not); and botocore itself never re-sends the create
+after a read timeout (a mutation's client makes one attempt: ``AwsClients(once=True)``).
 
 ``check``: ListInvalidations of the distribution, page by page, then GetInvalidation of each
 one created since the action's incident began (the time in the action id, a minute of skew
@@ -154,7 +155,7 @@ class CloudFront:
     async def invalidate(self, target: Target, params: InvalidationParams, token: int) -> Outcome:
         dist, request = self._request(target, params)
         ref = request["InvalidationBatch"]["CallerReference"]
-        async with self.clients.cloudfront() as cf:
+        async with self.clients.cloudfront(once=True) as cf:
             found = await self._find(cf, dist, ref)
             if found is not None:
                 return _outcome(dist, found, created=False)

@@ -134,7 +134,7 @@ class Rds:
 
     async def start(self, target: Target, params: NoParams, token: int) -> Outcome:
         _, ident = self._entry(target)
-        async with self.clients.rds() as rds:
+        async with self.clients.rds(once=True) as rds:
             db = await self._describe(rds, ident)
             status = db.get("DBInstanceStatus")
             if status == "stopping":
@@ -223,7 +223,7 @@ class Rds:
     async def reboot(self, target: Target, params: RebootParams, token: int) -> Outcome:
         entry, ident = self._entry(target)
         self._refuse_failover(entry, ident, params)
-        async with self.clients.rds() as rds:
+        async with self.clients.rds(once=True) as rds:
             db = await self._describe(rds, ident)
             found = await self._found(rds, db, ident)
             if found is not None:

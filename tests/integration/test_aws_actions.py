@@ -707,3 +707,27 @@ async def test_throttling_5xx_and_timeouts_retried_then_retriable(
             await slow.execute(target, params, 1)
         assert timed_out.value.retriable is True
         assert len(proxy.seen) == 2
+
+
+async def test_a_mutation_whose_answer_times_out_is_not_sent_again_by_botocore(
+    moto_server: MotoServer,
+) -> None:
+    """botocore's standard mode re-sends a request after a read timeout; for a mutation that
+    is a second StartDBInstance (a second invalidation where the API does not deduplicate).
+    Mutations go out once per attempt of the stage, whose next attempt checks first."""
+    ident = unique_name("origin-db")
+    inventory = {"rds": {"origin-db": {"identifier": ident}}}
+    admin = AwsClients(moto_server.config())
+    await create_db(admin, ident)
+    async with admin.rds() as rds:
+        await rds.stop_db_instance(DBInstanceIdentifier=ident)
+    target = Target(kind="RdsInstance", name="origin-db")
+    async with fault_proxy(moto_server.url) as proxy:
+        config = moto_server.config(endpoint_url=proxy.url, timeout=0.5, max_attempts=3)
+        start = Setup(config, inventory).spec("aws.rds_start")
+        params = params_of(start)
+        proxy.hold["StartDBInstance"] = 2.0  # moto starts it; the answer comes too late
+        with pytest.raises(AwsUnavailable, match="ReadTimeoutError"):
+            await start.execute(target, params, 1)
+        assert proxy.seen.count("StartDBInstance") == 1  # not 3
+        assert await start.check(target, params) is not None  # the retry finds it started
