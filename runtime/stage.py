@@ -26,9 +26,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar, Token
 from typing import Protocol, TypeVar, runtime_checkable
 
+import orjson
 from prometheus_client import CollectorRegistry
 from tenacity import (
     AsyncRetrying,
@@ -42,10 +44,45 @@ from tenacity import (
 from eventlog import EventLog, Record, Subscription
 from runtime.deadletter import DeadLetters
 from runtime.metrics import StageMetrics
+from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+EVENT_ID: ContextVar[str | None] = ContextVar("sevpipe_event_id", default=None)
+INCIDENT_ID: ContextVar[str | None] = ContextVar("sevpipe_incident_id", default=None)
+"""What the work in hand is about, for the logs (``sevpipe.logs`` adds them to JSON lines):
+set by the runtime while a stage handles one record, and by a stage around its work on one
+event or incident (``about``)."""
+
+_KEYED_BY_INCIDENT = frozenset({TOPIC_INCIDENTS, TOPIC_ACTIONS, TOPIC_NOTIFICATIONS})
+
+
+@contextlib.contextmanager
+def about(*, event_id: str | None = None, incident_id: str | None = None) -> Iterator[None]:
+    """Log lines written inside carry these ids (those given; the others stay as they are)."""
+    tokens: list[tuple[ContextVar[str | None], Token[str | None]]] = [
+        (var, var.set(value))
+        for var, value in ((EVENT_ID, event_id), (INCIDENT_ID, incident_id))
+        if value is not None
+    ]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def about_record(record: Record) -> contextlib.AbstractContextManager[None]:
+    """``about`` one record: its event id (when its JSON says one) and, on the topics keyed
+    by incident, its incident. Reads the raw JSON, leaving the record's decoding as it was."""
+    try:
+        found = orjson.loads(record.raw).get("id")
+    except (ValueError, AttributeError):  # not JSON, not an object: the dead letter says so
+        found = None
+    incident = record.key if record.topic in _KEYED_BY_INCIDENT else None
+    return about(event_id=found if isinstance(found, str) else None, incident_id=incident)
 
 
 class Handler(Protocol):
@@ -181,8 +218,15 @@ class StageRuntime:
     async def _handle(self, records: Sequence[Record], *, whole: bool = True) -> int:
         """Handle ``records`` in order, dead-lettering those that fail; how many were handled.
 
-        Halving finds one poison record in a batch of n with about 2 log2(n) calls.
+        Halving finds one poison record in a batch of n with about 2 log2(n) calls. While
+        one record is in hand, log lines carry its ids (``about_record``).
         """
+        if len(records) == 1:
+            with about_record(records[0]):
+                return await self._handle_some(records, whole=whole)
+        return await self._handle_some(records, whole=whole)
+
+    async def _handle_some(self, records: Sequence[Record], *, whole: bool) -> int:
         try:
             await self._retrying("handle", lambda: self._handler.handle(records))
         except _Stopped:
