@@ -33,7 +33,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 pytest: $(VENV)/.installed-dev
-	scripts/with-services $(BIN)/pytest -q $(ARGS)
+	scripts/with-services $(BIN)/pytest -q --durations=15 $(ARGS)
 
 test: lint typecheck pytest
 
