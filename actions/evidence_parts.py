@@ -5,8 +5,9 @@ read never fails the bundle.
 - ``objects.yaml``: the namespace's objects as ``kubectl get all -o yaml`` shows them (a
   ``List``, each item with its apiVersion and kind, no managedFields): Pods, Services,
   ReplicationControllers, DaemonSets, Deployments, ReplicaSets, StatefulSets, HPAs, CronJobs,
-  Jobs; and Ingresses, ConfigMaps (names and keys, never values, labels or annotations) and
-  Events. Never Secrets: no request names them. At most MAX_PER_KIND of each kind.
+  Jobs; and Ingresses, ConfigMaps (names, labels and keys; never values or annotations, which
+  may hold them) and Events. Never Secrets: no request names them. At most MAX_PER_KIND of
+  each kind.
 - ``top.json``: ``kubernetes.top``'s outcome (metrics.k8s.io), or why there is none.
 - ``prometheus/<query>.json``: each named query of an inventory Prometheus over the last
   hour (``/api/v1/query_range``, a STEP resolution), as Prometheus answered it.
