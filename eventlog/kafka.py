@@ -49,7 +49,7 @@ from eventlog.base import (
     Record,
     check_dedup,
 )
-from eventlog.kafka_admin import TopicAdmin
+from eventlog.kafka_admin import ALERTS_RETENTION_MS, TopicAdmin
 from eventlog.kafka_codec import KAFKA_ERRORS, headers, mapped, quietly, value
 from eventlog.kafka_consumer import UNTIL_GRACE, KafkaSubscription, Replay
 from eventlog.kafka_dedup import Claim, Mark, RecentKeys, marks
@@ -85,6 +85,7 @@ class KafkaLog:
         replication: int = 1,
         request_timeout: float = 5.0,
         topic_prefix: str = "",
+        alerts_retention_ms: int = ALERTS_RETENTION_MS,
     ) -> None:
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -92,6 +93,7 @@ class KafkaLog:
         self.replication = replication
         self.request_timeout = request_timeout
         self.topic_prefix = topic_prefix
+        self.alerts_retention_ms = alerts_retention_ms
         self._admin: TopicAdmin | None = None
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
@@ -138,6 +140,7 @@ class KafkaLog:
             replication=self.replication,
             request_timeout=self.request_timeout,
             name=self._name,
+            alerts_retention_ms=self.alerts_retention_ms,
         )
         try:
             async with asyncio.timeout(self.request_timeout):

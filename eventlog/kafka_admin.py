@@ -1,17 +1,54 @@
-"""The Kafka log's topics: created where missing, described for ``ping`` and replay."""
+"""The Kafka log's topics: created where missing (with explicit configs), described for
+``ping`` and replay.
+
+Topics sevpipe creates get their retention and ``min.insync.replicas`` set on the topic, not
+left to the broker's defaults: the alerts are kept for ``backtest`` (30 days by default), the
+incidents, actions, notifications and dead letters forever (``rebuild`` reads them all), and
+``min.insync.replicas`` is min(2, replication) so that ``acks=all`` means two copies where
+there are two. A topic that already exists is never changed: its configs are compared with
+these, and each difference is logged as a warning (topic, key, found, wanted).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from eventlog.base import EventLogError, LogUnavailable
 from eventlog.kafka_codec import quietly
+from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS
+from schemas.deadletter import TOPIC_DEADLETTER
+
+log = logging.getLogger(__name__)
+
+ALERTS_RETENTION_MS = 30 * 24 * 3600 * 1000  # backtest --since 30d
+KEPT_FOREVER = frozenset({TOPIC_INCIDENTS, TOPIC_ACTIONS, TOPIC_NOTIFICATIONS, TOPIC_DEADLETTER})
+
+
+def topic_configs(
+    topic: str, *, replication: int, alerts_retention_ms: int = ALERTS_RETENTION_MS
+) -> dict[str, str]:
+    """The configs sevpipe gives ``topic`` (unprefixed) when it creates it."""
+    configs = {"min.insync.replicas": str(min(2, replication))}
+    if topic == TOPIC_ALERTS:
+        configs["retention.ms"] = str(alerts_retention_ms)
+    elif topic in KEPT_FOREVER:
+        configs["retention.ms"] = "-1"
+    return configs
+
+
+def config_differences(
+    found: Mapping[str, str | None], wanted: Mapping[str, str]
+) -> list[tuple[str, str | None, str]]:
+    """(key, found, wanted) for each of ``wanted`` that ``found`` does not have."""
+    return [(k, found.get(k), v) for k, v in wanted.items() if found.get(k) != v]
 
 
 class TopicAdmin:
@@ -25,10 +62,12 @@ class TopicAdmin:
         replication: int,
         request_timeout: float,
         name: Callable[[str], str],
+        alerts_retention_ms: int = ALERTS_RETENTION_MS,
     ) -> None:
         self._client = AIOKafkaAdminClient(**client_args)
         self._partitions = partitions
         self._replication = replication
+        self._alerts_retention_ms = alerts_retention_ms
         self._request_timeout = request_timeout
         self._name = name
         self.ready: set[str] = set()
@@ -45,19 +84,58 @@ class TopicAdmin:
         missing = [t for t in dict.fromkeys(topics) if t not in self.ready]
         if not missing:
             return
-        new = [NewTopic(self._name(t), self._partitions, self._replication) for t in missing]
+        wanted = {self._name(t): self.configs(t) for t in missing}
+        new = [
+            NewTopic(name, self._partitions, self._replication, topic_configs=configs)
+            for name, configs in wanted.items()
+        ]
         timeout_ms = int(self._request_timeout * 1000)
         response = await self._client.create_topics(new, timeout_ms=timeout_ms)
-        created = []
+        created: list[str] = []
+        existing: list[str] = []
         for name, code, *message in response.topic_errors:
             if code not in (0, TopicAlreadyExistsError.errno):
                 error = for_code(code)
                 kind = LogUnavailable if error.retriable else EventLogError
                 raise kind(f"kafka: cannot create topic {name}: {error.__name__} {message}")
-            if code == 0:
-                created.append(name)
+            (created if code == 0 else existing).append(name)
         await self._until_led(created)
+        if existing:
+            await self._check_configs({name: wanted[name] for name in existing})
         self.ready.update(missing)
+
+    def configs(self, topic: str) -> dict[str, str]:
+        """The configs a new ``topic`` (unprefixed) is created with."""
+        return topic_configs(
+            topic, replication=self._replication, alerts_retention_ms=self._alerts_retention_ms
+        )
+
+    async def describe_configs(self, names: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """Each topic's (full name) current configs, as the cluster has them."""
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        found: dict[str, dict[str, str | None]] = {}
+        for response in await self._client.describe_configs(resources):
+            for code, message, _type, name, entries, *_ in response.resources:
+                if code != 0:
+                    error = for_code(code)
+                    kind = LogUnavailable if error.retriable else EventLogError
+                    raise kind(f"kafka: cannot describe topic {name}: {error.__name__} {message}")
+                found[name] = {entry[0]: entry[1] for entry in entries}
+        return found
+
+    async def _check_configs(self, wanted: Mapping[str, Mapping[str, str]]) -> None:
+        """Warn about each config of an existing topic that differs from what sevpipe would
+        have given it. Never changes it: the cluster's owners may have reasons."""
+        found = await self.describe_configs(list(wanted))
+        for name, configs in wanted.items():
+            for key, value, want in config_differences(found.get(name, {}), configs):
+                log.warning(
+                    "kafka topic %s: %s is %s, sevpipe wants %s (the topic is left as it is)",
+                    name,
+                    key,
+                    value,
+                    want,
+                )
 
     async def _until_led(self, names: list[str]) -> None:
         """Wait (within the caller's deadline) until new topics have leaders everywhere.

@@ -37,6 +37,7 @@ def make_eventlog(settings: Settings, *, create: bool = True) -> EventLog:
             partitions=settings.kafka_partitions,
             replication=settings.kafka_replication,
             topic_prefix=settings.kafka_topic_prefix,
+            alerts_retention_ms=int(settings.kafka_alerts_retention * 1000),
         )
     return EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync, create=create)
 

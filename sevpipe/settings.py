@@ -110,6 +110,13 @@ class Settings(BaseSettings):
     )
     kafka_partitions: int = Field(3, ge=1, description="partitions of topics sevpipe creates")
     kafka_replication: int = Field(1, ge=1, description="replication of topics sevpipe creates")
+    kafka_alerts_retention: Seconds = Field(
+        30 * 24 * 3600.0,
+        gt=0,
+        description="retention of the alerts topic sevpipe creates (backtest --since reaches "
+        "that far back): seconds, or 30d; incidents, actions, notifications and dead letters "
+        "are kept forever",
+    )
     postgres_dsn: SecretStr | None = Field(
         None, description="postgresql://...; set to keep incident state in PostgreSQL"
     )
