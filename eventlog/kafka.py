@@ -54,6 +54,7 @@ from eventlog.kafka_codec import KAFKA_ERRORS, headers, mapped, quietly, value
 from eventlog.kafka_consumer import UNTIL_GRACE, KafkaSubscription, Replay
 from eventlog.kafka_dedup import Claim, Mark, RecentKeys, marks
 from eventlog.kafka_lag import LagReader
+from eventlog.kafka_security import KafkaSecurity
 from schemas import TOPICS, Envelope
 
 
@@ -86,6 +87,7 @@ class KafkaLog:
         request_timeout: float = 5.0,
         topic_prefix: str = "",
         alerts_retention_ms: int = ALERTS_RETENTION_MS,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -94,6 +96,9 @@ class KafkaLog:
         self.request_timeout = request_timeout
         self.topic_prefix = topic_prefix
         self.alerts_retention_ms = alerts_retention_ms
+        self.security = security or KafkaSecurity()
+        # Checked and files read now: a bad setting fails at construction, not on first use.
+        self._security_args = self.security.client_args()
         self._admin: TopicAdmin | None = None
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
@@ -121,7 +126,12 @@ class KafkaLog:
             "bootstrap_servers": self.bootstrap,
             "client_id": self.client_id,
             "request_timeout_ms": self._timeout_ms,
+            **self._security_args,
         }
+
+    def security_args(self) -> dict[str, Any]:
+        """TLS and SASL arguments for a client of this log (one SSL context for all)."""
+        return dict(self._security_args)
 
     def _name(self, topic: str) -> str:
         return self.topic_prefix + topic

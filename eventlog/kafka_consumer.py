@@ -141,6 +141,7 @@ class KafkaSubscription:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=FETCH_BYTES_PER_PARTITION,
+            **lg.security_args(),
         )
         try:
             await consumer.start()

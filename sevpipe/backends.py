@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
 from eventlog import EmbeddedLog, EventLog
-from sevpipe.settings import Settings
+from sevpipe.settings import Settings, SettingsError
 from store import Coordinator, EmbeddedStore, IncidentStore, LocalCoordinator, RedisCoordinator
 from store.effects import EffectsLedger
 from store.effects_embedded import EmbeddedEffectsLedger
+
+if TYPE_CHECKING:
+    from eventlog.kafka_security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +28,58 @@ def describe(settings: Settings) -> str:
     store_kind = "postgresql" if settings.postgres_dsn else "embedded store"
     redis_kind = "redis" if settings.redis_url else "in-process locks"
     return f"{log_kind}, {store_kind}, {redis_kind}"
+
+
+def kafka_security(settings: Settings) -> KafkaSecurity:
+    """The Kafka clients' TLS and SASL; a combination that does not fit fails naming the key."""
+    from eventlog.kafka_security import KafkaSecurity, KafkaSecurityError  # noqa: PLC0415
+
+    password = settings.kafka_sasl_password
+    secret: str | None = password.get_secret_value() if password is not None else None
+    if secret is None and settings.kafka_sasl_password_file is not None:
+        path = settings.kafka_sasl_password_file
+        try:
+            secret = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"kafka_sasl_password_file: cannot read {path}: {exc.strerror}"
+            ) from None
+    security = KafkaSecurity(
+        protocol=settings.kafka_security_protocol,
+        sasl_mechanism=settings.kafka_sasl_mechanism,
+        sasl_username=settings.kafka_sasl_username,
+        sasl_password=secret,
+        ssl_cafile=settings.kafka_ssl_cafile,
+        ssl_certfile=settings.kafka_ssl_certfile,
+        ssl_keyfile=settings.kafka_ssl_keyfile,
+    )
+    try:
+        security.client_args()  # checks the combination and reads the files
+    except KafkaSecurityError as exc:
+        raise SettingsError(str(exc)) from None
+    return security
+
+
+def postgres_ssl(settings: Settings) -> ssl.SSLContext | bool | None:
+    """What asyncpg's ``ssl`` gets from postgres_sslmode; None leaves it to the DSN."""
+    from store.pg_pool import PgTlsError, pg_ssl  # noqa: PLC0415 - asyncpg only when asked for
+
+    try:
+        return pg_ssl(settings.postgres_sslmode, settings.postgres_sslrootcert)
+    except PgTlsError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def redis_ca_file(settings: Settings) -> Path | None:
+    """The CA file for Redis over TLS, checked against the URL."""
+    ca_file = settings.redis_ca_file
+    if ca_file is None:
+        return None
+    if not (settings.redis_url or "").startswith("rediss://"):
+        raise SettingsError("redis_ca_file: only used with a rediss:// (TLS) redis_url")
+    if not ca_file.is_file():
+        raise SettingsError(f"redis_ca_file: {ca_file} is not a file")
+    return ca_file
 
 
 def make_eventlog(settings: Settings, *, create: bool = True) -> EventLog:
@@ -38,6 +95,7 @@ def make_eventlog(settings: Settings, *, create: bool = True) -> EventLog:
             replication=settings.kafka_replication,
             topic_prefix=settings.kafka_topic_prefix,
             alerts_retention_ms=int(settings.kafka_alerts_retention * 1000),
+            security=kafka_security(settings),
         )
     return EmbeddedLog(settings.eventlog_path, synchronous=settings.fsync, create=create)
 
@@ -46,7 +104,8 @@ def make_store(settings: Settings) -> IncidentStore:
     if settings.postgres_dsn:
         from store.postgres import PostgresStore  # noqa: PLC0415 - asyncpg only when asked for
 
-        return PostgresStore(settings.postgres_dsn.get_secret_value())
+        dsn = settings.postgres_dsn.get_secret_value()
+        return PostgresStore(dsn).use_ssl(postgres_ssl(settings))
     return EmbeddedStore(settings.store_path, synchronous=settings.fsync)
 
 
@@ -122,7 +181,8 @@ def make_effects_ledger(settings: Settings) -> EffectsLedger:
     if settings.postgres_dsn:
         from store.effects_postgres import PostgresEffectsLedger  # noqa: PLC0415 - asyncpg
 
-        return PostgresEffectsLedger(settings.postgres_dsn.get_secret_value())
+        dsn = settings.postgres_dsn.get_secret_value()
+        return PostgresEffectsLedger(dsn).use_ssl(postgres_ssl(settings))
     return EmbeddedEffectsLedger(settings.effects_path)
 
 
@@ -146,8 +206,10 @@ async def open_coordinator(settings: Settings, *, wait: bool = False) -> AsyncIt
     # Several installs on one Kafka cluster (kafka_topic_prefix) share Redis the same way.
     prefix = f"sevpipe:{settings.kafka_topic_prefix}"
 
+    ca_file = redis_ca_file(settings)
+
     def make() -> Coordinator:
-        return RedisCoordinator(url, prefix=prefix) if url else LocalCoordinator()
+        return RedisCoordinator(url, prefix=prefix, ca_file=ca_file) if url else LocalCoordinator()
 
     async with _opened(make, "redis" if url else "the coordinator", wait=wait and bool(url)) as c:
         yield c

@@ -117,11 +117,46 @@ class Settings(BaseSettings):
         "that far back): seconds, or 30d; incidents, actions, notifications and dead letters "
         "are kept forever",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how the Kafka clients connect: TLS (SSL), SASL, or both"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_sasl_password_file: Path | None = Field(
+        None, description="a file holding kafka_sasl_password"
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="CA certificates (PEM) the brokers' certificates are checked against; "
+        "none: the system's",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="client certificate (PEM) for brokers that ask for one (mutual TLS)"
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="the client certificate's private key (PEM)"
+    )
     postgres_dsn: SecretStr | None = Field(
         None, description="postgresql://...; set to keep incident state in PostgreSQL"
     )
+    postgres_sslmode: Literal["disable", "require", "verify-ca", "verify-full"] | None = Field(
+        None,
+        description="TLS to PostgreSQL: require encrypts, verify-ca also checks the CA, "
+        "verify-full also the host name; none: as the DSN says (asyncpg: prefer)",
+    )
+    postgres_sslrootcert: Path | None = Field(
+        None, description="CA certificates (PEM) for verify-ca and verify-full; none: the system's"
+    )
     redis_url: str | None = Field(
-        None, description="redis://...; locks, cooldowns and rate limits (none: in-process)"
+        None,
+        description="redis://... or rediss://... (TLS), with user:password@ for AUTH; locks, "
+        "cooldowns and rate limits (none: in-process)",
+    )
+    redis_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) for a rediss:// URL; none: the system's"
     )
     policy_file: Path | None = Field(
         None, description="severity policy YAML; default: the runbook's table (sevpipe policy show)"

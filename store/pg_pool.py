@@ -7,9 +7,11 @@ and how a pool opens (migrated before it is used) and closes (never hanging shut
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import ClassVar, Self
+from pathlib import Path
+from typing import ClassVar, Literal, Self
 
 import asyncpg
 
@@ -24,6 +26,38 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,  # the connection was closed under us
     OSError,  # ConnectionRefusedError, resets, and TimeoutError
 )
+
+
+SslMode = Literal["disable", "require", "verify-ca", "verify-full"]
+
+
+class PgTlsError(StoreError):
+    """TLS settings for PostgreSQL that cannot be used; the message names the setting."""
+
+
+def pg_ssl(mode: SslMode | None, rootcert: Path | None = None) -> ssl.SSLContext | bool | None:
+    """asyncpg's ``ssl`` for a libpq ``sslmode``: None leaves it to the DSN (asyncpg: prefer).
+
+    ``require`` encrypts without checking the server's certificate (as libpq, it checks the
+    CA when a root certificate is given); ``verify-ca`` checks it against ``rootcert`` (or
+    the system's CAs); ``verify-full`` also checks that the host name matches it.
+    """
+    if mode is None:
+        if rootcert is not None:
+            raise PgTlsError("postgres_sslrootcert: needs postgres_sslmode")
+        return None
+    if mode == "disable":
+        if rootcert is not None:
+            raise PgTlsError("postgres_sslrootcert: not used with postgres_sslmode disable")
+        return False
+    try:
+        context = ssl.create_default_context(cafile=rootcert)
+    except (OSError, ssl.SSLError) as exc:
+        raise PgTlsError(f"postgres_sslrootcert: cannot load {rootcert}: {exc}") from None
+    context.check_hostname = mode == "verify-full"
+    if mode == "require" and rootcert is None:
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 @contextmanager
@@ -65,6 +99,13 @@ class PgPool:
         self._command_timeout = command_timeout
         self._migration_timeout = migration_timeout
         self._pool: asyncpg.Pool | None = None
+        self._ssl: ssl.SSLContext | bool | None = None
+
+    def use_ssl(self, value: ssl.SSLContext | bool | None) -> Self:
+        """Connect with asyncpg's ``ssl`` (``pg_ssl``) instead of what the DSN says; before
+        ``start``. A method, not an argument, so every backend on this pool takes it."""
+        self._ssl = value
+        return self
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -84,6 +125,7 @@ class PgPool:
                 max_size=self._max_size,
                 command_timeout=self._command_timeout,
                 timeout=self._command_timeout,  # connecting, too, must not hang the stage
+                **({} if self._ssl is None else {"ssl": self._ssl}),
             )
         try:
             with translated():

@@ -12,6 +12,7 @@ import math
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -67,10 +68,26 @@ def _translated() -> Iterator[None]:
 
 
 class RedisCoordinator:
-    def __init__(self, url: str, *, prefix: str = "sevpipe:", timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sevpipe:",
+        timeout: float = 2.0,
+        ca_file: Path | None = None,
+    ) -> None:
+        """``url``: redis:// or rediss:// (TLS, the server's certificate and host name
+        checked against ``ca_file`` or the system's CAs); AUTH as user:password@ in it."""
         self._url = url  # may hold a password: never logged
         self._prefix = prefix
         self._timeout = timeout
+        self._tls: dict[str, Any] = {}
+        if url.startswith("rediss://"):
+            self._tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+            if ca_file is not None:
+                self._tls["ssl_ca_certs"] = str(ca_file)
+        elif ca_file is not None:
+            raise ValueError("a CA file is only used with a rediss:// (TLS) URL")
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
@@ -92,6 +109,7 @@ class RedisCoordinator:
             # One quick retry covers a pooled connection that died with a Redis restart;
             # longer outages are the caller's to back off from.
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+            **self._tls,
         )
         try:
             with _translated():
