@@ -3,7 +3,9 @@ Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager).
 
 Taken from ``SEVPIPE_KAFKA_BOOTSTRAP``, ``SEVPIPE_POSTGRES_DSN``, ``SEVPIPE_REDIS_URL``,
 ``SEVPIPE_KUBECONFIG`` (the path of an admin kubeconfig) and ``SEVPIPE_KUBE_AUDIT_LOG`` (the
-path of the kube-apiserver's audit log) when they are set (``make test`` sets them); otherwise
+path of the kube-apiserver's audit log) when they are set, and Kafka's SASL_SSL listener
+from ``SEVPIPE_TEST_KAFKA_SASL_BOOTSTRAP``, ``_USERNAME``, ``_PASSWORD`` and ``_CAFILE`` (the
+test CA's PEM) (``make test`` sets them); otherwise
 ``scripts/test-services up`` is run once per session to start them. A missing service fails
 the tests that need it; nothing is skipped.
 """
@@ -31,6 +33,15 @@ VARS = (
     "SEVPIPE_KUBECONFIG",
     "SEVPIPE_KUBE_AUDIT_LOG",
 )
+# Kafka's SASL_SSL listener (SCRAM-SHA-512, the test CA): not needed to reuse running services
+# (a Kafka started by an older test-services has no such listener), but the tests that use it
+# fail without it (`scripts/test-services up` restarts such a Kafka with it).
+SASL_VARS = (
+    "SEVPIPE_TEST_KAFKA_SASL_BOOTSTRAP",
+    "SEVPIPE_TEST_KAFKA_SASL_USERNAME",
+    "SEVPIPE_TEST_KAFKA_SASL_PASSWORD",
+    "SEVPIPE_TEST_KAFKA_SASL_CAFILE",
+)
 _EXPORT = re.compile(r"^export (SEVPIPE_[A-Z_]+)=['\"]?([^'\"]*)['\"]?$")
 
 
@@ -45,6 +56,11 @@ class Services:
     # The kube-apiserver's audit log (JSON lines): the writes to deployments (and their scale),
     # HPAs and ConfigMaps, one entry per request with its response code. Read, never written.
     kube_audit_log: str = ""
+    # Kafka's SASL_SSL listener: host:port, the SCRAM-SHA-512 user and password, the CA file.
+    kafka_sasl_bootstrap: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_sasl_cafile: str = ""
 
     def env(self) -> dict[str, str]:
         values = (
@@ -53,8 +69,22 @@ class Services:
             self.redis_url,
             self.kubeconfig,
             self.kube_audit_log,
+            self.kafka_sasl_bootstrap,
+            self.kafka_sasl_username,
+            self.kafka_sasl_password,
+            self.kafka_sasl_cafile,
         )
-        return {name: value for name, value in zip(VARS, values, strict=True) if value}
+        names = (*VARS, *SASL_VARS)
+        return {name: value for name, value in zip(names, values, strict=True) if value}
+
+    def require_kafka_sasl(self) -> None:
+        """Fail (never skip) when Kafka's SASL_SSL listener is not known."""
+        if not all((self.kafka_sasl_bootstrap, self.kafka_sasl_username, self.kafka_sasl_cafile)):
+            pytest.fail(
+                "Kafka's SASL_SSL listener is not available (SEVPIPE_TEST_KAFKA_SASL_*): run "
+                "scripts/test-services up, which restarts a Kafka started without it",
+                pytrace=False,
+            )
 
 
 def _running() -> bool:
@@ -90,8 +120,8 @@ def _start() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
-    values = {name: os.environ.get(name, "") for name in VARS}
-    needed = not all(values.values())
+    values = {name: os.environ.get(name, "") for name in (*VARS, *SASL_VARS)}
+    needed = not all(values[name] for name in VARS)
     # Services someone else started (another session, `make test`) are shared: reuse them,
     # and never stop them at the end.
     started = needed and not _running()
@@ -100,7 +130,7 @@ def services() -> Iterator[Services]:
     missing = [name for name in VARS if not values.get(name)]
     if missing:
         pytest.fail(f"services not available: {', '.join(missing)}", pytrace=False)
-    yield Services(*(values[name] for name in VARS))
+    yield Services(*(values[name] for name in (*VARS, *SASL_VARS)))
     if started:  # leave running only what the caller had started
         subprocess.run(
             [str(ROOT / "scripts" / "test-services"), "down"],

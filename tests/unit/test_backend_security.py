@@ -3,6 +3,7 @@ combinations that do not fit. No services: the clients are built, never connecte
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 from pathlib import Path
@@ -22,6 +23,14 @@ from sevpipe.backends import (
 )
 from sevpipe.settings import Settings, SettingsError
 from store.redis_coord import RedisCoordinator
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings() reads SEVPIPE_* from the environment (the test services export some)."""
+    for name in list(os.environ):
+        if name.startswith("SEVPIPE_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="module")
