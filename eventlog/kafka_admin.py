@@ -126,7 +126,15 @@ class TopicAdmin:
     async def _check_configs(self, wanted: Mapping[str, Mapping[str, str]]) -> None:
         """Warn about each config of an existing topic that differs from what sevpipe would
         have given it. Never changes it: the cluster's owners may have reasons."""
-        found = await self.describe_configs(list(wanted))
+        try:
+            found = await self.describe_configs(list(wanted))
+        except LogUnavailable:
+            raise
+        except EventLogError as exc:
+            # E.g. no DescribeConfigs permission on a cluster with ACLs: a check that cannot
+            # be made must not keep sevpipe from starting.
+            log.warning("kafka: cannot check the configs of existing topics: %s", exc)
+            return
         for name, configs in wanted.items():
             for key, value, want in config_differences(found.get(name, {}), configs):
                 log.warning(

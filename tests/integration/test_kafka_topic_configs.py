@@ -4,6 +4,8 @@ about at start and left as it is. On the real test broker, topics of their own p
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -11,6 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from services import Services, unique_name
 
 from eventlog import KafkaLog
+from eventlog.kafka_admin import TopicAdmin
 from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS, TOPICS
 from schemas.deadletter import TOPIC_DEADLETTER
 
@@ -78,3 +81,22 @@ async def test_an_existing_topic_that_differs_is_warned_about_and_left_alone(
     assert found[alerts]["retention.ms"] == str(DAY_MS)  # unchanged
     # The topics sevpipe created itself match, and are not warned about.
     assert not any(prefix + TOPIC_INCIDENTS in w for w in warnings)
+
+
+class _NoDescribe:
+    """An admin client whose DescribeConfigs is refused, as on a cluster with ACLs."""
+
+    async def describe_configs(self, resources: list[Any]) -> list[Any]:
+        refused: tuple[Any, ...] = (29, "Topic authorization failed.", 2, resources[0].name, [])
+        return [SimpleNamespace(resources=[refused])]
+
+
+async def test_a_check_that_cannot_be_made_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    admin = TopicAdmin({}, partitions=1, replication=1, request_timeout=1, name=str)
+    admin._client = _NoDescribe()
+    with caplog.at_level(logging.WARNING, logger="eventlog.kafka_admin"):
+        await admin._check_configs({"sevpipe.alerts": {"retention.ms": "1"}})
+    assert "cannot check the configs of existing topics" in caplog.text
+    assert "TopicAuthorizationFailed" in caplog.text
