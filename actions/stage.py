@@ -42,16 +42,15 @@ from actions.catalogue import ACTION_ID, Catalogue, UnknownAction
 from actions.guard import Admitted, Guard, Refused
 from actions.inventory import Inventory
 from actions.playbooks import PlannedStep, Playbooks, matching, unmet
+from actions.stage_action import StageAction
 from eventlog import EventLog, Record
 from runtime.effects import EffectResult, default_holder, perform
 from runtime.relay import relay_outbox
-from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, derived_event_id
+from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS
 from schemas.actions import (
     ACTION_APPROVED,
     ACTION_DENIED,
     ActionEventData,
-    ActionState,
-    ApiRequest,
     Target,
     action_envelope,
 )
@@ -94,6 +93,7 @@ class ActionsMetrics:
 class ActionsStage:
     name = "actions"
     topics = (TOPIC_INCIDENTS, TOPIC_ACTIONS)
+    source = SOURCE
 
     def __init__(
         self,
@@ -132,6 +132,10 @@ class ActionsStage:
         self.holder = default_holder()
         self._next_sweep = 0.0
         self._next_relay = 0.0
+
+    @property
+    def counter(self) -> Counter:
+        return self.metrics.events
 
     async def handle(self, records: Sequence[Record]) -> None:
         for record in records:
@@ -185,7 +189,7 @@ class ActionsStage:
         stored = await self.book.get_action(approved.action_id) or approved
         if stored.state not in ("approved", "started"):
             return  # run before (its outcome recorded after its event): nothing left to do
-        action = _Action.of(self, stored)
+        action = StageAction.of(self, stored)
         step = action.step
         async with self._held(action):
             prepared = await self._admit(action, step, {}, asked=True)
@@ -200,7 +204,7 @@ class ActionsStage:
             await self._execute(action, admitted, spec, params)
 
     @contextlib.asynccontextmanager
-    async def _held(self, action: _Action) -> AsyncIterator[None]:
+    async def _held(self, action: StageAction) -> AsyncIterator[None]:
         """This worker alone on the action, its id set for the catalogue (ACTION_ID). When
         another worker has it (the same event handled by two replicas at once, as partitions
         move mid-batch), the batch is retried later rather than the action reported skipped
@@ -228,7 +232,7 @@ class ActionsStage:
     ) -> Mapping[str, Any] | None:
         """Take one step; its result when it ran and succeeded (what ``when`` reads)."""
         target = step.target or Target(kind="unknown")
-        action = _Action(self, incident.id, incident.version, step, target)
+        action = StageAction(self, incident.id, incident.version, step, target)
         stored = await self.book.get_action(action.action_id)
         if (
             stored is not None
@@ -242,7 +246,7 @@ class ActionsStage:
             return await self._take(action, step, results)
 
     async def _take(
-        self, action: _Action, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
+        self, action: StageAction, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
     ) -> Mapping[str, Any] | None:
         if step.mode == "approve" and await self._asked_before(action):
             return None
@@ -264,7 +268,7 @@ class ActionsStage:
         # Reads run in dry-run too: they change nothing, and later steps decide on them.
         return await self._execute(action, admitted, spec, params)
 
-    async def _asked_before(self, action: _Action) -> bool:
+    async def _asked_before(self, action: StageAction) -> bool:
         """Whether this approval was asked for already: still waiting (its event appended
         again, for a crash between the two writes), answered, or run. Only a refused one
         (skipped) is asked again."""
@@ -278,7 +282,7 @@ class ActionsStage:
 
     async def _admit(
         self,
-        action: _Action,
+        action: StageAction,
         step: PlannedStep,
         results: Mapping[str, Mapping[str, Any]],
         *,
@@ -320,7 +324,7 @@ class ActionsStage:
         refused = await self._plan(action, spec, params, admitted)
         return refused or (spec, params, admitted)
 
-    async def _plan(self, action: _Action, spec: Any, params: Any, admitted: Admitted) -> str:
+    async def _plan(self, action: StageAction, spec: Any, params: Any, admitted: Admitted) -> str:
         """Plan the action's requests; why it cannot be planned ("" when it was).
 
         Planning reads the world (the Deployment a restart patches): a refusal there (RBAC,
@@ -336,7 +340,7 @@ class ActionsStage:
         return ""
 
     async def _execute(
-        self, action: _Action, admitted: Admitted, spec: Any, params: Any
+        self, action: StageAction, admitted: Admitted, spec: Any, params: Any
     ) -> Mapping[str, Any] | None:
         target = action.target
         await action.emit("started")
@@ -368,80 +372,3 @@ def _not_now(step: PlannedStep, risk: str) -> str | None:
         # the last line, whatever file was loaded how.
         return f"{step.action} is destructive: never automatic (make the step approve)"
     return None
-
-
-class _Action:
-    """One action of one step on one target, as its events describe it."""
-
-    def __init__(
-        self,
-        stage: ActionsStage,
-        incident_id: str,
-        incident_version: int,
-        step: PlannedStep,
-        target: Target,
-    ) -> None:
-        self.stage = stage
-        self.incident_id = incident_id
-        self.incident_version = incident_version
-        self.step = step
-        self.target = target
-        parts = (step.step, target.key(), *([step.variant] if step.variant else []))
-        self.action_id = derived_event_id(
-            incident_id.removeprefix("inc-").upper(), "action", *parts
-        )
-        self.risk: Any = "read_only"
-        self.params: dict[str, Any] = dict(step.params)
-        self.requests: tuple[ApiRequest, ...] = ()
-        self.result: dict[str, Any] = {}
-        self.actor: str | None = None
-        """Who approved it: named on every event of the run that follows."""
-
-    @classmethod
-    def of(cls, stage: ActionsStage, data: ActionEventData) -> _Action:
-        """The action as the book holds it (an approved one, about to run)."""
-        step = PlannedStep(
-            playbook=data.playbook,
-            step=data.step,
-            action=data.action,
-            params=data.params,
-            mode=data.mode,
-            target=data.target,
-        )
-        action = cls(stage, data.incident_id, data.incident_version, step, data.target)
-        action.action_id = data.action_id
-        action.risk = data.risk
-        action.requests = data.requests
-        action.actor = data.actor
-        return action
-
-    async def emit(
-        self, state: ActionState, *, reason: str | None = None, expires_at: datetime | None = None
-    ) -> None:
-        stage = self.stage
-        at = stage.clock()
-        data = ActionEventData(
-            action_id=self.action_id,
-            incident_id=self.incident_id,
-            incident_version=self.incident_version,
-            playbook=self.step.playbook,
-            step=self.step.step,
-            action=self.step.action,
-            target=self.target,
-            params=self.params,
-            risk=self.risk,
-            mode=self.step.mode,
-            state=state,
-            dry_run=not stage.live,
-            requests=self.requests,
-            result=self.result,
-            reason=reason,
-            actor=self.actor,
-            expires_at=expires_at,
-            decided_at=at,
-        )
-        env = action_envelope(data, source=SOURCE, at=at)
-        await stage.log.append(TOPIC_ACTIONS, [env], dedup_keys=[env.id])
-        await stage.book.record_action(data)
-        stage.metrics.events.labels(data.action, state).inc()
-        log.info("action %s %s: %s", self.step.action, state, reason or self.target.key())
