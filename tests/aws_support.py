@@ -35,7 +35,9 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
+from services import unique_name
 
+from actions.aws_client import AwsClients
 from actions.aws_config import AwsConfig
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
@@ -276,3 +278,35 @@ async def fault_proxy(target: str) -> AsyncIterator[FaultProxy]:
         yield proxy
     finally:
         await runner.cleanup()
+
+
+async def create_distribution(admin: AwsClients, comment: str = "origin-cdn") -> str:
+    """A CloudFront distribution in the emulator; its id."""
+    async with admin.cloudfront() as cf:
+        made = await cf.create_distribution(
+            DistributionConfig={
+                "CallerReference": unique_name("dist"),
+                "Origins": {
+                    "Quantity": 1,
+                    "Items": [
+                        {
+                            "Id": "origin",
+                            "DomainName": "origin.example.com",
+                            "CustomOriginConfig": {
+                                "HTTPPort": 80,
+                                "HTTPSPort": 443,
+                                "OriginProtocolPolicy": "https-only",
+                            },
+                        }
+                    ],
+                },
+                "DefaultCacheBehavior": {
+                    "TargetOriginId": "origin",
+                    "ViewerProtocolPolicy": "redirect-to-https",
+                },
+                "Comment": comment,
+                "Enabled": True,
+            }
+        )
+    dist_id: str = made["Distribution"]["Id"]
+    return dist_id

@@ -49,7 +49,7 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 import yaml
-from aws_support import FaultProxy, MotoServer, Received, fault_proxy
+from aws_support import FaultProxy, MotoServer, Received, create_distribution, fault_proxy
 from services import unique_name
 
 from actions.aws_client import AwsClients
@@ -231,37 +231,6 @@ def requests_for(
 
 
 # CloudFront
-
-
-async def create_distribution(admin: AwsClients) -> str:
-    async with admin.cloudfront() as cf:
-        made = await cf.create_distribution(
-            DistributionConfig={
-                "CallerReference": unique_name("dist"),
-                "Origins": {
-                    "Quantity": 1,
-                    "Items": [
-                        {
-                            "Id": "origin",
-                            "DomainName": "origin.example.com",
-                            "CustomOriginConfig": {
-                                "HTTPPort": 80,
-                                "HTTPSPort": 443,
-                                "OriginProtocolPolicy": "https-only",
-                            },
-                        }
-                    ],
-                },
-                "DefaultCacheBehavior": {
-                    "TargetOriginId": "origin",
-                    "ViewerProtocolPolicy": "redirect-to-https",
-                },
-                "Comment": "origin-cdn",
-                "Enabled": True,
-            }
-        )
-    dist_id: str = made["Distribution"]["Id"]
-    return dist_id
 
 
 async def invalidations(admin: AwsClients, dist_id: str) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_support import Fault, MotoServer, fault_proxy, start_moto
+from aws_support import Fault, MotoServer, create_distribution, fault_proxy, start_moto
 from services import unique_name
 
 from actions import aws_reads
@@ -406,33 +406,7 @@ async def test_cloudfront_invalidation_is_one_per_action(
     moto_server: MotoServer, tmp_path: Path
 ) -> None:
     admin = AwsClients(moto_server.config())
-    async with admin.cloudfront() as cf:
-        dist = await cf.create_distribution(
-            DistributionConfig={
-                "CallerReference": unique_name("dist"),
-                "Origins": {
-                    "Quantity": 1,
-                    "Items": [
-                        {
-                            "Id": "origin",
-                            "DomainName": "origin.example.com",
-                            "CustomOriginConfig": {
-                                "HTTPPort": 80,
-                                "HTTPSPort": 443,
-                                "OriginProtocolPolicy": "https-only",
-                            },
-                        }
-                    ],
-                },
-                "DefaultCacheBehavior": {
-                    "TargetOriginId": "origin",
-                    "ViewerProtocolPolicy": "redirect-to-https",
-                },
-                "Comment": "origin",
-                "Enabled": True,
-            }
-        )
-    dist_id = dist["Distribution"]["Id"]
+    dist_id = await create_distribution(admin, "origin")
     setup = Setup(
         moto_server.config(),
         {
