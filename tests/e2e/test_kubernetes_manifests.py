@@ -5,12 +5,15 @@ dry-run apply accepts every object; and after a real apply of only the RBAC obje
 auth can-i --as=system:serviceaccount:<ns>:sevpipe`` says yes to each verb of the action
 catalogue, as the least-privilege table of docs/security.md lists them (parsed here: the one
 list the docs and this test share), and no to Secrets, to another namespace, to anything the
-table does not list and to cluster-wide writes. Each test works in namespaces of its own
-(the manifests' namespaces renamed) and deletes them, and the cluster-scoped objects it made.
+table does not list and to cluster-wide writes; and the ConfigMap's in-cluster kubeconfig,
+loaded as sevpipe loads it with a token of that ServiceAccount, reads what the Role grants and
+gets 403 elsewhere. Each test works in namespaces of its own (the manifests' namespaces
+renamed) and deletes them, and the cluster-scoped objects it made.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import subprocess
@@ -22,6 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 from services import Services, unique_name
 
 pytestmark = pytest.mark.e2e
@@ -576,3 +581,56 @@ def test_service_account_may_do_exactly_the_catalogue(services: Services, place:
     ]
     assert not wrong, "\n".join(wrong)
     assert len(yes) == len(CATALOGUE) + sum(g.named for g in CATALOGUE)
+
+
+def service_account_kubeconfig(services: Services, place: Place, tmp_path: Path) -> Path:
+    """The RBAC objects applied, and the ConfigMap's kubeconfig pointed at the test apiserver
+    with a token of the ServiceAccount in its token file."""
+    objs = relocate(render("production"), place)
+    rbac = [o for o in objs if o["kind"] in RBAC_KINDS]
+    kubectl("apply", "-f", "-", kubeconfig=services.kubeconfig, stdin=as_list(rbac))
+    [cm] = of_kind(objs, "ConfigMap")
+    kubeconfig = yaml.safe_load(cm["data"]["kubeconfig"])
+    admin = yaml.safe_load(Path(services.kubeconfig).read_text())["clusters"][0]["cluster"]
+    token = kubectl(
+        "create",
+        "token",
+        ACCOUNT,
+        "-n",
+        place.app,
+        "--duration=10m",
+        kubeconfig=services.kubeconfig,
+    ).stdout.strip()
+    token_file, ca_file = tmp_path / "token", tmp_path / "ca.crt"
+    token_file.write_text(token)
+    ca_file.write_bytes(base64.b64decode(admin["certificate-authority-data"]))
+    [user] = kubeconfig["users"]
+    assert user["user"] == {"tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}
+    user["user"]["tokenFile"] = str(token_file)
+    [cluster] = kubeconfig["clusters"]
+    assert cluster["cluster"]["server"] == "https://kubernetes.default.svc"
+    cluster["cluster"] = {"server": admin["server"], "certificate-authority": str(ca_file)}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(kubeconfig))
+    return path
+
+
+async def test_the_in_cluster_kubeconfig_works_as_the_service_account(
+    services: Services, place: Place, tmp_path: Path
+) -> None:
+    """The ConfigMap's kubeconfig, as sevpipe loads it (``new_client_from_config``), with a
+    token of the ServiceAccount in its token file: the server and CA point at the test
+    apiserver instead of kubernetes.default.svc. It reads pods where the Role grants it and
+    gets 403 on Secrets and in another namespace."""
+    path = service_account_kubeconfig(services, place, tmp_path)
+    api = await config.new_client_from_config(config_file=str(path))
+    async with api:
+        core = client.CoreV1Api(api)
+        pods = await core.list_namespaced_pod(place.target)
+        assert pods.items == []
+        with pytest.raises(ApiException) as refused:
+            await core.list_namespaced_secret(place.target)
+        assert refused.value.status == 403
+        with pytest.raises(ApiException) as refused:
+            await core.list_namespaced_pod(place.other)
+        assert refused.value.status == 403
