@@ -50,8 +50,8 @@ class ClassifierMetrics:
         )
         self.events = Counter(
             "sevpipe_incident_events_total",
-            "Incident events decided, by type",
-            ["type"],
+            "Incident events decided, by type and the incident's severity after the event",
+            ["type", "severity"],
             registry=registry,
         )
         self.conflicts = Counter(
@@ -245,7 +245,8 @@ class ClassifierStage:
             self._event_time = max(self._event_time or newest, newest)
         self.metrics.alerts.inc(len(inputs))
         for item in decided.outbox:
-            self.metrics.events.labels(item.envelope.type).inc()
+            severity = item.envelope.data["incident"]["severity"]
+            self.metrics.events.labels(item.envelope.type, severity).inc()
         return decided
 
     async def expire_graces(self, now: datetime | None = None) -> int:

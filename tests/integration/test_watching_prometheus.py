@@ -89,7 +89,7 @@ def what_sevpipe_shows(parts: Parts) -> None:
     for seconds in (0.002, 0.004, 0.3):
         parts.receiver.append_seconds.observe(seconds)
     parts.classifier.alerts.inc(4)
-    parts.classifier.events.labels("incident.opened").inc()
+    parts.classifier.events.labels("incident.opened", "SEV-0").inc()
     parts.classifier.batch_seconds.observe(0.01)
     parts.stages.records.labels("classifier").inc(4)
     parts.stages.batch_seconds.labels("classifier").observe(0.02)

@@ -84,6 +84,9 @@ def test_the_dashboard_shows_what_the_sre_team_watches() -> None:
         "sevpipe_notifications_total",
     ):
         assert name in used, name
+    queries = [e for _, e in dashboard_queries()]
+    by_sev = [e for e in queries if "sevpipe_incident_events_total" in e and "severity" in e]
+    assert by_sev, "no panel shows incidents by SEV"
 
 
 def test_the_checker_catches_what_sevpipe_does_not_export() -> None:
