@@ -46,6 +46,7 @@ from actions.stage_action import StageAction
 from eventlog import EventLog, Record
 from runtime.effects import EffectResult, default_holder, perform
 from runtime.relay import relay_outbox
+from runtime.stage import about_record
 from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS
 from schemas.actions import (
     ACTION_APPROVED,
@@ -139,21 +140,25 @@ class ActionsStage:
 
     async def handle(self, records: Sequence[Record]) -> None:
         for record in records:
-            if record.topic == TOPIC_ACTIONS:
-                env = record.envelope
-                if env.type in (ACTION_APPROVED, ACTION_DENIED):
-                    # Decided through the API, not here: counted as this stage reads them.
-                    data = ActionEventData.model_validate(env.data)
-                    self.metrics.events.labels(data.action, data.state).inc()
-                    if env.type == ACTION_APPROVED:
-                        await self.run_approved(data)
-                continue
-            env = record.decode(IncidentEnvelope)
-            if env.type not in TRIGGERS:
-                continue
-            incident = env.data.incident
-            alerts = await self.store.list_alerts(incident.id, status="firing", limit=MAX_ALERTS)
-            await self.run_playbook(incident, alerts)
+            with about_record(record):  # its log lines name its event and incident
+                await self._one(record)
+
+    async def _one(self, record: Record) -> None:
+        if record.topic == TOPIC_ACTIONS:
+            env = record.envelope
+            if env.type in (ACTION_APPROVED, ACTION_DENIED):
+                # Decided through the API, not here: counted as this stage reads them.
+                data = ActionEventData.model_validate(env.data)
+                self.metrics.events.labels(data.action, data.state).inc()
+                if env.type == ACTION_APPROVED:
+                    await self.run_approved(data)
+            return
+        incident_env = record.decode(IncidentEnvelope)
+        if incident_env.type not in TRIGGERS:
+            return
+        incident = incident_env.data.incident
+        alerts = await self.store.list_alerts(incident.id, status="firing", limit=MAX_ALERTS)
+        await self.run_playbook(incident, alerts)
 
     async def tick(self) -> None:
         """Before each poll: approvals that ran out become ``action.expired``; decisions in

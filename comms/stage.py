@@ -39,6 +39,7 @@ from comms.render import Context, Renderer
 from comms.routing import CHAT_ROUTES, ROUTES, Route, Routing
 from eventlog import EventLog, Record
 from runtime.effects import EffectResult, default_holder, perform
+from runtime.stage import about_record
 from schemas import TOPIC_ACTIONS, TOPIC_INCIDENTS, TOPIC_NOTIFICATIONS, Envelope, derived_event_id
 from schemas.actions import ActionEventData
 from schemas.events import IncidentEnvelope
@@ -121,30 +122,34 @@ class CommsStage:
 
     async def handle(self, records: Sequence[Record]) -> None:
         for record in records:
-            if record.topic == TOPIC_ACTIONS:
-                await self.action_news.handle(record)
-                continue
-            env = record.decode(IncidentEnvelope)
-            kind = KINDS.get(env.type)
-            if kind is None:
-                continue
-            incident = env.data.incident
-            routes = await incident_routes(self.routing, self.store, incident, env.data.alerts)
-            if kind in PEOPLE_KINDS:
-                routes = tuple(r for r in routes if r.name in CHAT_ROUTES)
-            if not routes:
-                await self._suppressed(env, kind, "no route for " + incident.severity)
-            for route in routes:
-                message = self._message(
-                    incident,
-                    kind,
-                    route,
-                    effect_id=derived_event_id(env.id, "notify", route.name, kind),
-                    cause=env.id,
-                    previous=env.data.previous_severity,
-                    change=env.data.change,
-                )
-                await self.deliver(message, route)
+            with about_record(record):  # its log lines name its event and incident
+                await self._one(record)
+
+    async def _one(self, record: Record) -> None:
+        if record.topic == TOPIC_ACTIONS:
+            await self.action_news.handle(record)
+            return
+        env = record.decode(IncidentEnvelope)
+        kind = KINDS.get(env.type)
+        if kind is None:
+            return
+        incident = env.data.incident
+        routes = await incident_routes(self.routing, self.store, incident, env.data.alerts)
+        if kind in PEOPLE_KINDS:
+            routes = tuple(r for r in routes if r.name in CHAT_ROUTES)
+        if not routes:
+            await self._suppressed(env, kind, "no route for " + incident.severity)
+        for route in routes:
+            message = self._message(
+                incident,
+                kind,
+                route,
+                effect_id=derived_event_id(env.id, "notify", route.name, kind),
+                cause=env.id,
+                previous=env.data.previous_severity,
+                change=env.data.change,
+            )
+            await self.deliver(message, route)
 
     async def _suppressed(self, env: IncidentEnvelope, kind: MessageKind, reason: str) -> None:
         incident = env.data.incident

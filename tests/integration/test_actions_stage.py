@@ -5,6 +5,7 @@ planned, run, refused and asked for, once, whatever is redelivered or crashes.""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from eventlog import EmbeddedLog
 from runtime.relay import relay_outbox
 from schemas import TOPIC_ACTIONS, TOPIC_ALERTS, TOPIC_INCIDENTS
 from schemas.actions import ActionEventData, ApiRequest, Target
+from sevpipe.logs import LogContext
 from store import EmbeddedStore, LocalCoordinator
 from store.actions import ActionConflict, ActionQuery, Decision, DecisionRequest
 from store.effects_embedded import EmbeddedEffectsLedger
@@ -672,3 +674,30 @@ async def test_params_from_alert_labels_make_one_action_each(tmp_path: Path) -> 
     assert sorted(blocked) == ["198.51.100.9", "203.0.113.7"]
     succeeded = [d for t, d in events if t == "action.succeeded"]
     assert len({d.action_id for d in succeeded}) == 2
+
+
+async def test_the_lines_about_each_incident_of_a_batch_name_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(LogContext())
+    cluster = Cluster(ready=True)
+    async with open_actions(tmp_path) as a:
+        await a.outage()
+        await append_webhook(
+            a.log, webhook('{}:{service="other"}', alert_json("o2", impact="outage", service="x"))
+        )
+        await drain(new_stage(a.log, a.store), a.log.subscribe([TOPIC_ALERTS], "cls"))
+        await relay_outbox(a.store, a.log)
+        batch = await records(a.log, TOPIC_INCIDENTS)
+        assert len({r.envelope.subject for r in batch}) == 2
+        with caplog.at_level(logging.INFO, logger="actions.stage"):
+            await a.stage(cluster, live=True).handle(batch)
+        events = await a.events()
+    lines = [r for r in caplog.records if r.name == "actions.stage"]
+    assert lines
+    by_action = {d.action_id: d.incident_id for _, d in events}
+    for line in lines:
+        action_id = getattr(line, "action_id", None)
+        if action_id in by_action:
+            assert getattr(line, "incident_id", None) == by_action[action_id], line.getMessage()
+    assert {getattr(line, "incident_id", None) for line in lines} == set(by_action.values())
