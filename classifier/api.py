@@ -380,7 +380,7 @@ class IncidentsApi:
                     [IncidentWrite(updated, incident.version)],
                     [OutboxEvent(TOPIC_INCIDENTS, incident_id, event.envelope())],
                 )
-        log.info("incident %s: %s", incident_id, event.change)
+        log.info("incident %s: %s", incident_id, event.change, extra={"incident_id": incident_id})
         return updated, False
 
     async def _get(self, incident_id: str) -> Incident:
