@@ -57,7 +57,6 @@ from schemas.actions import (
     ActionEventData,
 )
 from schemas.durations import format_duration
-from schemas.notifications import NOTIFICATION_SUPPRESSED, NotificationEventData
 from store.actions import ActionsBook
 
 if TYPE_CHECKING:
@@ -115,24 +114,9 @@ class ActionNews:
             r for r in await incident_routes(stage.routing, stage.store, incident) if r.name in told
         ]
         if not routes:
-            effect_id = derived_event_id(env.id, "notify", "none", kind)
-            data = NotificationEventData(
-                incident_id=incident.id,
-                incident_version=incident.version,
-                severity=incident.severity,
-                effect_id=effect_id,
-                kind=kind,
-                route="none",
-                channel="none",
-                audience="none",
-                subject="",
-                cause=env.id,
-                reason=f"no {'chat or security' if kind == 'task' else 'chat'} route for "
-                f"{incident.severity}",
-                source="decided",
-            )
-            stage.metrics.notifications.labels("none", "none", "suppressed").inc()
-            await stage.publish(NOTIFICATION_SUPPRESSED, effect_id, data)
+            told_where = "chat or security" if kind == "task" else "chat"
+            why = f"no {told_where} route for {incident.severity}"
+            await stage.suppressed(env.id, incident, kind, why)
             return
         for route in routes:
             message = stage._message(

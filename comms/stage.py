@@ -138,7 +138,7 @@ class CommsStage:
         if kind in PEOPLE_KINDS:
             routes = tuple(r for r in routes if r.name in CHAT_ROUTES)
         if not routes:
-            await self._suppressed(env, kind, "no route for " + incident.severity)
+            await self.suppressed(env.id, incident, kind, "no route for " + incident.severity)
         for route in routes:
             message = self._message(
                 incident,
@@ -151,9 +151,12 @@ class CommsStage:
             )
             await self.deliver(message, route)
 
-    async def _suppressed(self, env: IncidentEnvelope, kind: MessageKind, reason: str) -> None:
-        incident = env.data.incident
-        effect_id = derived_event_id(env.id, "notify", "none", kind)
+    async def suppressed(
+        self, cause: str, incident: Incident, kind: MessageKind, reason: str
+    ) -> None:
+        """``notification.suppressed``: the event ``cause`` is news of ``kind`` that no route
+        takes, and why."""
+        effect_id = derived_event_id(cause, "notify", "none", kind)
         data = NotificationEventData(
             incident_id=incident.id,
             incident_version=incident.version,
@@ -164,7 +167,7 @@ class CommsStage:
             channel="none",
             audience="none",
             subject="",
-            cause=env.id,
+            cause=cause,
             reason=reason,
             source="decided",
         )
