@@ -118,11 +118,12 @@ def test_the_id_is_derived_from_stage_and_position() -> None:
 
 
 class MemoryLog:
-    """Just enough of an EventLog for the runtime: one batch to fetch, appends kept."""
+    """Just enough of an EventLog for the runtime: batches to fetch, appends kept."""
 
-    def __init__(self, batch: list[Record]) -> None:
-        self.batch = batch
-        self.stop = asyncio.Event()  # set by the fetch after the batch: one batch, then stop
+    def __init__(self, *batches: list[Record]) -> None:
+        self.batches = list(batches)
+        self.given = [r for batch in batches for r in batch]
+        self.stop = asyncio.Event()  # set by the fetch once the batches are out
         self.appended: list[tuple[str, Envelope]] = []
         self.commits = 0
 
@@ -160,8 +161,8 @@ class MemoryLog:
         return
 
     async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
-        # One group, one batch: behind by the batch until it is committed.
-        pending = 0 if self.commits else sum(r.topic in topics for r in self.batch)
+        # One group: behind by what it was given until it commits.
+        pending = 0 if self.commits else sum(r.topic in topics for r in self.given)
         return GroupLag(pending, self.commits)
 
 
@@ -170,10 +171,10 @@ class MemorySub:
         self.log = log
 
     async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
-        batch, self.log.batch = self.log.batch, []
-        if not batch:
+        if not self.log.batches:
             self.log.stop.set()
-        return batch
+            return []
+        return self.log.batches.pop(0)
 
     async def commit(self) -> None:
         self.log.commits += 1

@@ -7,16 +7,17 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from test_deadletter import MemoryLog
 
 from actions.catalogue import ACTION_ID
-from eventlog import AppendResult, GroupLag, Record, Subscription
+from eventlog import Record
 from runtime.stage import EVENT_ID, INCIDENT_ID, StageRuntime, about, about_record
 from schemas import TOPIC_ALERTS, TOPIC_INCIDENTS, Envelope, new_event_id
 from schemas.deadletter import TOPIC_DEADLETTER
@@ -134,64 +135,6 @@ def record(topic: str, key: str, offset: int, data: dict[str, Any]) -> Record:
     return Record(topic, 0, offset, key, raw=env.json_bytes())
 
 
-class MemoryLog:
-    """Just enough of an EventLog for the runtime: batches to fetch, appends kept."""
-
-    def __init__(self, batches: list[list[Record]]) -> None:
-        self.batches = batches
-        self.stop = asyncio.Event()  # set by the fetch once the batches are out
-        self.appended: list[tuple[str, Envelope]] = []
-
-    async def start(self) -> None:
-        return
-
-    async def close(self) -> None:
-        return
-
-    async def append(self, topic: str, events: Sequence[Envelope], **_: Any) -> AppendResult:
-        self.appended += [(topic, e) for e in events]
-        return AppendResult(tuple(range(len(events))))
-
-    def subscribe(self, topics: Sequence[str], group: str) -> Subscription:
-        return MemorySub(self)
-
-    async def read(
-        self,
-        topics: Sequence[str] | None = None,
-        *,
-        from_offset: int | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        last: int | None = None,
-    ) -> AsyncIterator[Record]:
-        for i, (topic, env) in enumerate(self.appended):
-            if topics is None or topic in topics:
-                yield Record(topic, 0, i, env.subject, env)
-
-    async def ping(self) -> None:
-        return
-
-    async def group_lag(self, group: str, topics: Sequence[str]) -> GroupLag:
-        return GroupLag(0, 0)
-
-
-class MemorySub:
-    def __init__(self, log: MemoryLog) -> None:
-        self.log = log
-
-    async def fetch(self, max_records: int = 500, max_wait: float = 1.0) -> list[Record]:
-        if not self.log.batches:
-            self.log.stop.set()
-            return []
-        return self.log.batches.pop(0)
-
-    async def commit(self) -> None:
-        return
-
-    async def close(self) -> None:
-        return
-
-
 class Chatty:
     """Logs a line per batch; a record whose data says ``poison`` fails."""
 
@@ -208,7 +151,7 @@ async def test_the_runtime_marks_the_record_in_hand(json_logs: JsonLines) -> Non
     incident = record(TOPIC_INCIDENTS, "inc-7", 0, {})
     alert = record(TOPIC_ALERTS, "group-key", 0, {})
     pair = [record(TOPIC_ALERTS, "group-key", n, {}) for n in (1, 2)]
-    memory = MemoryLog([[incident], [alert], pair])
+    memory = MemoryLog([incident], [alert], pair)
     runtime = StageRuntime(memory, Chatty(), CollectorRegistry(), group="g", max_wait=0.01)
     async with asyncio.timeout(10):  # a hang guard
         await runtime.run(memory.stop)
@@ -229,7 +172,7 @@ async def test_the_runtime_marks_the_record_in_hand(json_logs: JsonLines) -> Non
 async def test_a_dead_letter_line_names_its_record(json_logs: JsonLines) -> None:
     poison = record(TOPIC_INCIDENTS, "inc-8", 0, {"poison": True})
     undecodable = Record(TOPIC_INCIDENTS, 0, 1, "inc-9", raw=b"\xff not json")
-    memory = MemoryLog([[poison], [undecodable]])
+    memory = MemoryLog([poison], [undecodable])
     runtime = StageRuntime(memory, Chatty(), CollectorRegistry(), group="g", max_wait=0.01)
     async with asyncio.timeout(10):
         await runtime.run(memory.stop)
