@@ -238,22 +238,26 @@ class ActionsStage:
         """Take one step; its result when it ran and succeeded (what ``when`` reads)."""
         target = step.target or Target(kind="unknown")
         action = StageAction(self, incident.id, incident.version, step, target)
-        stored = await self.book.get_action(action.action_id)
-        if (
-            stored is not None
-            and stored.state in ("succeeded", "failed")
-            and stored.incident_version != incident.version
-        ):
-            # Done for an earlier version of the incident (it escalated since): the ledger
-            # holds its outcome, and telling it again would read as a second run.
-            return stored.result if stored.state == "succeeded" else None
         async with self._held(action):
-            return await self._take(action, step, results)
+            stored = await self.book.get_action(action.action_id)
+            if (
+                stored is not None
+                and stored.state in ("succeeded", "failed")
+                and stored.incident_version != incident.version
+            ):
+                # Done for an earlier version of the incident (it escalated since): the
+                # ledger holds its outcome, and telling it again would read as a second run.
+                return stored.result if stored.state == "succeeded" else None
+            return await self._take(action, step, results, stored)
 
     async def _take(
-        self, action: StageAction, step: PlannedStep, results: Mapping[str, Mapping[str, Any]]
+        self,
+        action: StageAction,
+        step: PlannedStep,
+        results: Mapping[str, Mapping[str, Any]],
+        stored: ActionEventData | None,
     ) -> Mapping[str, Any] | None:
-        if step.mode == "approve" and await self._asked_before(action):
+        if step.mode == "approve" and await self._asked_before(stored):
             return None
         prepared = await self._admit(action, step, results)
         if isinstance(prepared, str):
@@ -273,11 +277,10 @@ class ActionsStage:
         # Reads run in dry-run too: they change nothing, and later steps decide on them.
         return await self._execute(action, admitted, spec, params)
 
-    async def _asked_before(self, action: StageAction) -> bool:
-        """Whether this approval was asked for already: still waiting (its event appended
-        again, for a crash between the two writes), answered, or run. Only a refused one
-        (skipped) is asked again."""
-        stored = await self.book.get_action(action.action_id)
+    async def _asked_before(self, stored: ActionEventData | None) -> bool:
+        """Whether this approval (as the book holds it) was asked for already: still waiting
+        (its event appended again, for a crash between the two writes), answered, or run.
+        Only a refused one (skipped) is asked again."""
         if stored is None or stored.state == "skipped":
             return False
         if stored.state == "awaiting_approval":
